@@ -1,0 +1,1 @@
+"""Runners: the debug runner (one process), torchrun (one worker per process) and Ray (actors)."""

@@ -1,0 +1,348 @@
+"""The synthesizer and the seed API: three added lines in a truncated-BPTT loop.
+
+    synth = dni_dist.Synthesizer(size=H, is_lstm=True)
+    ...
+        hn = synth.backward_synthetic(hn, loss)   # before loss.backward()
+        loss.backward()
+    synth.step()                                  # after the sequence (or window)
+
+References:
+    Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients", arXiv 1608.05343.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import targets as tg
+from .targets import State
+
+
+@dataclass
+class _Pending:
+    """A boundary whose target is not known yet: the state we returned at call ``call``."""
+    call: int
+    state: State                    # detached leaf that requires grad; its .grad becomes delta
+    sg_part: State | None = None    # J^T g of the next chunk's injected gradient (discount != 1)
+
+
+@dataclass
+class SynthStats:
+    """Counters a user or a benchmark can read (``synth.stats``)."""
+    updates: int = 0
+    targets: int = 0
+    zero_targets: int = 0           # boundaries nothing followed (end of sequence)
+    nonfinite_predictions: int = 0  # predictions replaced by zeros, never injected
+    nonfinite_targets: int = 0      # targets dropped, never regressed on
+    last_loss: float = float("nan")         # regression loss of the last update
+    last_target_energy: float = float("nan")  # mean square of its targets (loss/energy ~1 = predicts nothing)
+    history: list = field(default_factory=list)
+
+
+class Synthesizer(nn.Module):
+    """Predicts ``dL_future / d state`` at a truncation boundary and trains itself by bootstrapping.
+
+    Args:
+        size: hidden size H of the RNN (last dimension of its state).
+        is_lstm: True when the state is an ``(h, c)`` tuple.
+        hidden_layers: hidden layers of the synthesizer MLP; 0 (default) is a linear synthesizer,
+            which was the reliable choice in our measurements (docs/results.md).
+        factor: scale of the injected synthetic gradient (lambda). 1 = full scale.
+        allow_backwarding: seed option (let the synthesizer's loss reach the RNN); not supported.
+        activation: activation class between hidden layers.
+        optimizer: optimizer class for the synthesizer's own parameters.
+        lr: its learning rate.
+        aux: seed option for the paper's auxiliary task; not supported (see docs/math.md).
+        use_improvement: seed option: a boundary that nothing followed (end of sequence) is
+            trained toward a zero gradient. False drops such boundaries instead.
+        num_layers: layers of the RNN state (``nn.LSTM(num_layers=...)``); all layers are
+            predicted jointly.
+        discount: gamma of the bootstrap, ``target = dL_c/dh + gamma * J^T g``. 1 is the paper's.
+        centre: inject the prediction minus its batch mean (the synthesizer still learns the
+            uncentred target). Needs batch size >= 2 to have an effect.
+        clip: optional max-norm for the synthesizer's gradient.
+        normalize: learn targets in units of their running RMS (PopArt-style, van Hasselt et al.
+            2016, arXiv 1602.07714): boundary gradients can be ~1e-4 in size, and Adam's steps
+            do not shrink with them, so an unnormalised synthesizer overshoots by orders of
+            magnitude (measured: predictions 100x their targets on delayed recall).
+        scale_decay: decay of the running RMS (per update).
+    """
+
+    def __init__(self, size: int, is_lstm: bool = True, hidden_layers: int = 0, factor: float = 1.0,
+                 allow_backwarding: bool = False, activation: type = nn.GELU,
+                 optimizer: type = torch.optim.Adam, lr: float = 1e-4, aux: bool = False,
+                 use_improvement: bool = True, *, num_layers: int = 1, discount: float = 0.5,
+                 centre: bool = True, clip: float | None = None, normalize: bool = True,
+                 scale_decay: float = 0.99):
+        super().__init__()
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int (the RNN's hidden size); got {size!r}")
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int; got {num_layers!r}")
+        if not isinstance(hidden_layers, int) or hidden_layers < 0:
+            raise ValueError(f"hidden_layers must be an int >= 0; got {hidden_layers!r}")
+        if not 0.0 <= discount <= 1.0:
+            raise ValueError(f"discount must be in [0, 1]; got {discount!r}")
+        if not factor >= 0.0:
+            raise ValueError(f"factor must be >= 0; got {factor!r}")
+        if allow_backwarding:
+            raise ValueError("allow_backwarding=True is not supported: letting the synthesizer's regression "
+                             "loss flow into the RNN trains the RNN to make its gradients predictable, which "
+                             "is not the DNI objective. Use the default allow_backwarding=False.")
+        if aux:
+            raise ValueError("aux=True (the paper's auxiliary future-synthetic-gradient task) is not supported: "
+                             "it needs every intermediate RNN state, which backward_synthetic does not see. "
+                             "Use the default aux=False (docs/math.md explains).")
+        self.size, self.is_lstm, self.num_layers = size, bool(is_lstm), num_layers
+        self.factor, self.discount, self.centre = float(factor), float(discount), bool(centre)
+        self.use_improvement, self.clip = bool(use_improvement), clip
+        self.normalize, self.scale_decay = bool(normalize), float(scale_decay)
+        # running mean square of targets; 0 until the first target (a buffer: checkpointed)
+        self.register_buffer("target_ms", torch.zeros(()))
+        dim = (2 if self.is_lstm else 1) * num_layers * size
+        layers: list[nn.Module] = []
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(dim, dim), activation()]
+        out = nn.Linear(dim, dim)
+        nn.init.zeros_(out.weight)  # zero output layer: at start this is exactly plain TBPTT
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(*layers, out)
+        self.optimizer = optimizer(self.parameters(), lr=lr)
+        self.stats = SynthStats()
+        self._calls = 0
+        self._pending: list[_Pending] = []
+
+    @classmethod
+    def for_rnn(cls, rnn: nn.Module, **kwargs) -> "Synthesizer":
+        """A synthesizer sized for ``rnn`` (``nn.LSTM``/``GRU``/``RNN`` or a cell)."""
+        if getattr(rnn, "bidirectional", False):
+            raise ValueError("bidirectional RNNs are not supported: truncated BPTT carries state forward in "
+                             "time only, and a backward direction's state has no future to predict a gradient for")
+        is_lstm = isinstance(rnn, (nn.LSTM, nn.LSTMCell))
+        if getattr(rnn, "proj_size", 0):
+            raise ValueError("nn.LSTM with proj_size > 0 is not supported (h and c differ in size)")
+        return cls(rnn.hidden_size, is_lstm=is_lstm, num_layers=getattr(rnn, "num_layers", 1), **kwargs)
+
+    # ------------------------------------------------------------------ validation
+    def check_state(self, state, name: str = "state") -> None:
+        """Raise a clear error unless ``state`` has the form this synthesizer was built for."""
+        if self.is_lstm:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                got = f"a Tensor of shape {tuple(state.shape)}" if torch.is_tensor(state) else type(state).__name__
+                raise TypeError(f"{name}: Synthesizer(is_lstm=True) expects the LSTM state as a tuple (h, c); got {got}")
+        elif not torch.is_tensor(state):
+            got = f"a tuple of {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+            raise TypeError(f"{name}: Synthesizer(is_lstm=False) expects one state tensor; got {got} "
+                            "(for an LSTM's (h, c) create Synthesizer(..., is_lstm=True))")
+        parts = tg.as_tuple(state)
+        for label, t in zip(("h", "c"), parts):
+            if not torch.is_tensor(t) or not t.is_floating_point():
+                raise TypeError(f"{name}: {label} must be a floating-point tensor; got {type(t).__name__}"
+                                + (f" of dtype {t.dtype}" if torch.is_tensor(t) else ""))
+            if t.dim() not in (2, 3):
+                raise ValueError(f"{name}: {label} has shape {tuple(t.shape)}; expected (batch, {self.size}) "
+                                 f"or (num_layers={self.num_layers}, batch, {self.size})")
+            if t.shape[-1] != self.size:
+                raise ValueError(f"{name}: {label} has last dimension {t.shape[-1]} but Synthesizer(size={self.size}) "
+                                 f"expects {self.size}")
+            layers = 1 if t.dim() == 2 else t.shape[0]
+            if layers != self.num_layers:
+                if layers == 2 * self.num_layers:
+                    raise ValueError(f"{name}: {label} has {layers} = 2 x num_layers layers, as a bidirectional "
+                                     "RNN's state does; bidirectional RNNs are not supported (truncated BPTT with "
+                                     "a backward direction is not meaningful). If it is a unidirectional "
+                                     f"{layers}-layer RNN, create Synthesizer(..., num_layers={layers})")
+                raise ValueError(f"{name}: {label} has {layers} layer(s) but the Synthesizer was built with "
+                                 f"num_layers={self.num_layers}")
+        if len(parts) == 2 and parts[0].shape != parts[1].shape:
+            raise ValueError(f"{name}: h has shape {tuple(parts[0].shape)} but c has {tuple(parts[1].shape)}; "
+                             "they must match")
+
+    def _follow(self, state: State) -> None:
+        """Device and dtype follow the state (moved once, before the optimizer holds any state)."""
+        h = tg.as_tuple(state)[0]
+        w = self.net[-1].weight
+        if w.device == h.device and w.dtype == h.dtype:
+            return
+        if self.optimizer.state:
+            raise ValueError(f"the state is on {h.device}/{h.dtype} but the synthesizer's trained weights are "
+                             f"on {w.device}/{w.dtype}; move it with synth.to(...) before training")
+        self.to(device=h.device, dtype=h.dtype)
+
+    # ------------------------------------------------------------------ functional core
+    def forward(self, state: State) -> State:
+        """The raw predicted gradient ``S(state)``, structured like ``state`` (not scaled, not centred)."""
+        self.check_state(state)
+        self._follow(state)
+        return tg.unflatten_state(self._predict(tg.flatten_state(tg.detach(state))), state)
+
+    def _unit(self) -> float:
+        """Size of one output unit in gradient units (the running target RMS when normalizing)."""
+        if not self.normalize:
+            return 1.0
+        ms = float(self.target_ms)
+        return ms ** 0.5 if ms > 0 else 1.0
+
+    def _predict(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.net(flat) * self._unit()
+
+    @torch.no_grad()
+    def synthetic_gradient(self, state: State) -> State:
+        """What is injected at a boundary: ``factor * centre(S(state))``; zeros if not finite."""
+        self.check_state(state)
+        self._follow(state)
+        flat = self._predict(tg.flatten_state(tg.detach(state)))
+        if self.centre:
+            flat = tg.centre_over_batch(flat)
+        flat = flat * self.factor
+        if not bool(torch.isfinite(flat).all()):
+            self.stats.nonfinite_predictions += 1
+            warnings.warn("dni_dist: the synthesizer predicted NaN/Inf; injecting zeros instead", RuntimeWarning)
+            flat = torch.zeros_like(flat)
+        return tg.unflatten_state(flat, state)
+
+    @torch.no_grad()
+    def observe_targets(self, mean_square: float) -> None:
+        """Fold the mean square of new targets into the running scale, keeping predictions
+        unchanged (the output layer is rescaled by old/new unit: PopArt's "preserving outputs")."""
+        if not self.normalize or not mean_square > 0:
+            return
+        old = self._unit()
+        ms = float(self.target_ms)
+        new_ms = mean_square if ms == 0 else self.scale_decay * ms + (1 - self.scale_decay) * mean_square
+        self.target_ms.fill_(new_ms)
+        ratio = old / self._unit()
+        out = self.net[-1]
+        out.weight.mul_(ratio)
+        out.bias.mul_(ratio)
+
+    def scale_ready(self) -> bool:
+        """False until the first targets have set the output unit (normalize=True): that batch
+        only initialises the scale, since a step taken in the wrong units overshoots."""
+        return not self.normalize or float(self.target_ms) > 0
+
+    def accumulate(self, boundaries: list, targets: list) -> tuple[int, float]:
+        """Add the regression gradient of fresh predictions toward ``targets`` to ``.grad``.
+
+        The prediction is recomputed now from the stored boundary state rather than reusing the
+        tensor injected earlier: that one is one or more updates stale, and regressing on it
+        reinforced its own error (issue 3: 8 of 9 runs solved with fresh predictions, 1 of 7 stale).
+        Non-finite targets are dropped and counted.
+
+        Returns:
+            ``(n, sq)``: targets used and the sum of their mean squares (for
+            :meth:`observe_targets`). Nothing is back-propagated while the scale is not ready.
+        """
+        loss, sq, n = None, 0.0, 0
+        unit = self._unit()
+        for state, target in zip(boundaries, targets):
+            if not tg.all_finite(target):
+                self.stats.nonfinite_targets += 1
+                warnings.warn("dni_dist: a synthesizer target is NaN/Inf; it was dropped", RuntimeWarning)
+                continue
+            tflat = tg.flatten_state(tg.detach(target))
+            sq += float(tflat.pow(2).mean())
+            n += 1
+            if self.scale_ready():
+                pred = self.net(tg.flatten_state(tg.detach(state)))
+                term = tg.regression_loss(pred, tflat / unit)
+                loss = term if loss is None else loss + term
+        if loss is not None:
+            loss.backward()
+            self.stats.last_loss = float(loss.detach()) * unit ** 2 / n
+            self.stats.last_target_energy = sq / n
+        self.stats.targets += n
+        return n, sq
+
+    def apply_update(self) -> None:
+        """One optimizer step of the synthesizer on its accumulated gradient, then clear it."""
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.stats.updates += 1
+
+    # ------------------------------------------------------------------ seed API
+    def backward_synthetic(self, hn: State, loss: torch.Tensor | None = None, *, last: bool = False) -> State:
+        """Inject the synthetic gradient at ``hn`` and return ``hn`` detached, requiring grad.
+
+        Call it before ``loss.backward()``. With ``loss`` given, the synthetic gradient is folded
+        into ``loss`` in place (its value does not change), so the user's ``loss.backward()``
+        carries both and an ``optimizer.zero_grad()`` in between cannot lose it. Without ``loss``,
+        it is back-propagated at once (the graph is retained for the user's backward).
+
+        Args:
+            hn: the final state of the chunk, still attached to its graph.
+            loss: the chunk's scalar loss (optional).
+            last: True when nothing follows ``hn`` (end of the sequence): no synthetic gradient
+                is injected and the boundary is not trained. Without it, a boundary that turns
+                out unused is trained toward zero (``use_improvement``).
+        Returns:
+            The state to feed the next chunk (a leaf that requires grad).
+        """
+        self.check_state(hn, "hn")
+        parts = tg.as_tuple(hn)
+        if not any(t.requires_grad for t in parts):
+            raise ValueError("hn carries no graph (requires_grad=False): pass the state returned by the RNN "
+                             "for this chunk, before any detach(), and feed the previous chunk the state "
+                             "backward_synthetic returned")
+        if loss is not None:
+            if not torch.is_tensor(loss) or loss.dim() != 0:
+                shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
+                raise ValueError(f"loss must be a scalar (0-dim) tensor; got {shape}: reduce it with .mean() or .sum()")
+            if not loss.requires_grad:
+                raise ValueError("loss does not require grad: it must come from this chunk's forward pass")
+        self._calls += 1
+        self._resolve(upto=self._calls - 2)  # boundaries whose next chunk has been backpropagated
+        if last:
+            return tg.detach_requires_grad(hn)
+        g = self.synthetic_gradient(hn)
+        if self.discount != 1.0 and self._pending and self._pending[-1].call == self._calls - 1:
+            prev = self._pending[-1]
+            prev.sg_part = tg.synthetic_vjp(hn, prev.state, g)
+        if loss is not None:
+            loss.add_(tg.surrogate(hn, g))
+        else:
+            torch.autograd.backward(list(parts), list(tg.as_tuple(g)), retain_graph=True)
+        out = tg.detach_requires_grad(hn)
+        self._pending.append(_Pending(self._calls, out))
+        return out
+
+    def step(self) -> None:
+        """Update the synthesizer on every boundary whose target is known. Call after the
+        sequence (or a truncation window) once its ``loss.backward()`` has run."""
+        self._resolve(upto=self._calls - 1)
+
+    def _resolve(self, upto: int) -> None:
+        ready = [p for p in self._pending if p.call <= upto]
+        if not ready:
+            return
+        self._pending = [p for p in self._pending if p.call > upto]
+        bounds, tars = [], []
+        for p in ready:
+            grads = [t.grad for t in tg.as_tuple(p.state)]
+            if all(g is None for g in grads):  # nothing followed this boundary
+                if not self.use_improvement:
+                    continue
+                self.stats.zero_targets += 1
+                target = tg.like([torch.zeros_like(t) for t in tg.as_tuple(p.state)], p.state)
+            else:
+                delta = tg.like([torch.zeros_like(t) if g is None else g
+                                 for g, t in zip(grads, tg.as_tuple(p.state))], p.state)
+                target = tg.bootstrap_target(delta, p.sg_part, self.discount)
+            bounds.append(p.state)
+            tars.append(target)
+        self.optimizer.zero_grad(set_to_none=True)
+        ready = self.scale_ready()
+        n, sq = self.accumulate(bounds, tars)
+        if n and ready:
+            self.apply_update()
+        if n:
+            self.observe_targets(sq / n)
+
+    def reset(self) -> None:
+        """Forget boundaries that are waiting for a target (e.g. between training and evaluation)."""
+        self._pending.clear()

@@ -1,0 +1,135 @@
+"""Pure tensor functions behind synthetic gradients: state layout, injection, bootstrapped targets.
+
+Everything here is plain PyTorch (no torch.distributed, no Ray) so that the seed API
+(:class:`dni_dist.Synthesizer`) and every distributed worker share one implementation.
+
+Notation (Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients",
+arXiv 1608.05343, section 3.2): a sequence is cut into chunks of T steps; ``h_c`` is the state at
+the boundary before chunk ``c``; ``S(h)`` is the synthesizer's prediction of
+``dL_future / dh``. The gradient that reaches the start state ``h_c`` during chunk ``c``'s
+backward pass is ``delta_c = dL_c/dh_c + J_c^T g_{c+1}`` where ``g_{c+1}`` is the synthetic
+gradient injected at the chunk's end and ``J_c = dh_{c+1}/dh_c``.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+State = Union[torch.Tensor, tuple]  # a tensor (GRU/RNN/cells) or an (h, c) tuple (LSTM)
+
+
+def as_tuple(state: State) -> tuple:
+    """The state's tensors as a tuple: ``(h,)`` or ``(h, c)``."""
+    return tuple(state) if isinstance(state, (tuple, list)) else (state,)
+
+
+def like(parts: Sequence[torch.Tensor], state: State) -> State:
+    """Give ``parts`` the structure of ``state`` (a bare tensor or a tuple)."""
+    return tuple(parts) if isinstance(state, (tuple, list)) else parts[0]
+
+
+def flatten_state(state: State) -> torch.Tensor:
+    """``(num_layers, B, H)`` or ``(B, H)`` tensors -> one ``(B, parts * num_layers * H)`` matrix.
+
+    Layers and the LSTM's ``(h, c)`` are concatenated per batch row so that one synthesizer
+    sees the whole boundary state of a sequence, as in the paper (which concatenates h and c).
+    """
+    rows = []
+    for t in as_tuple(state):
+        rows.append(t.reshape(t.shape[0], -1) if t.dim() == 2 else t.transpose(0, 1).reshape(t.shape[1], -1))
+    return torch.cat(rows, dim=1)
+
+
+def unflatten_state(flat: torch.Tensor, state: State) -> State:
+    """Inverse of :func:`flatten_state`, shaped like ``state``."""
+    parts, start = [], 0
+    for t in as_tuple(state):
+        n = t[0].numel() if t.dim() == 2 else t.shape[0] * t.shape[2]
+        piece = flat[:, start:start + n]
+        start += n
+        if t.dim() == 2:
+            parts.append(piece.reshape(t.shape).contiguous())
+        else:
+            parts.append(piece.reshape(t.shape[1], t.shape[0], t.shape[2]).transpose(0, 1).contiguous())
+    return like(parts, state)
+
+
+def centre_over_batch(flat: torch.Tensor) -> torch.Tensor:
+    """Remove the batch mean of a ``(B, D)`` prediction.
+
+    Why: targets are noisy and mostly unpredictable, so a synthesizer first learns their batch
+    mean; injected as is, that mean pushes every sequence the same way and (measured on delayed
+    recall, issue 3) made 2 of 3 seeds fail. The synthesizer is still trained on uncentred targets.
+    """
+    if flat.shape[0] < 2:
+        return flat
+    return flat - flat.mean(dim=0, keepdim=True)
+
+
+def surrogate(state_end: State, grad: State) -> torch.Tensor:
+    """A scalar whose value is exactly 0 and whose gradient at ``state_end`` is ``grad``.
+
+    ``loss + surrogate(h, g)`` has the value of ``loss`` and injects ``g`` at ``h`` in the same
+    backward pass, so the user's single ``loss.backward()`` carries both and no gradient is
+    counted twice.
+    """
+    total = None
+    for h, g in zip(as_tuple(state_end), as_tuple(grad)):
+        s = (h * g).sum()
+        total = s if total is None else total + s
+    return total - total.detach()
+
+
+def synthetic_vjp(state_end: State, state_start: State, grad: State) -> State | None:
+    """``J^T g``: the part of ``delta`` at ``state_start`` that comes from the injected ``grad``.
+
+    Needed only when the bootstrap is discounted (``discount != 1``); returns None when
+    ``state_start`` is not in ``state_end``'s graph. Keeps the graph for the real backward.
+    """
+    ends = [h for h in as_tuple(state_end)]
+    starts = [s for s in as_tuple(state_start)]
+    got = torch.autograd.grad(ends, starts, [g for g in as_tuple(grad)], retain_graph=True,
+                              allow_unused=True)
+    if all(g is None for g in got):
+        return None
+    return like([torch.zeros_like(s) if g is None else g for g, s in zip(got, starts)], state_start)
+
+
+def bootstrap_target(delta: State, sg_part: State | None, discount: float) -> State:
+    """The synthesizer's target at a boundary: ``dL_c/dh_c + discount * J^T g_{c+1}``.
+
+    Args:
+        delta: the total gradient that reached the start state (true loss part + ``J^T g``).
+        sg_part: ``J^T g`` from :func:`synthetic_vjp`, or None when no synthetic gradient was
+            injected at the chunk's end (then ``delta`` is already the true gradient).
+        discount: gamma in [0, 1]. 1 is the paper's bootstrap; < 1 damps the self-referential
+            part, which (issue 3) avoids the constant-offset fixed point gamma=1 collapses to.
+    Returns:
+        The target, structured like ``delta``.
+    """
+    if sg_part is None or discount == 1.0:
+        return delta
+    return like([d - (1.0 - discount) * s for d, s in zip(as_tuple(delta), as_tuple(sg_part))], delta)
+
+
+def regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over batch and units, for flattened ``(B, D)`` tensors."""
+    return torch.nn.functional.mse_loss(pred, target, reduction="mean")
+
+
+def all_finite(state: State | None) -> bool:
+    """True when every element of every tensor in ``state`` is finite."""
+    if state is None:
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in as_tuple(state))
+
+
+def detach_requires_grad(state: State) -> State:
+    """The state cut from its graph, as a leaf that requires grad so the next chunk's backward
+    leaves ``delta`` in its ``.grad``."""
+    return like([t.detach().requires_grad_(True) for t in as_tuple(state)], state)
+
+
+def detach(state: State) -> State:
+    return like([t.detach() for t in as_tuple(state)], state)
