@@ -33,7 +33,7 @@ class Config:
     # training
     mode: str = "dni"
     """'dni' (synthetic gradients at boundaries) or 'tbptt' (plain truncation)."""
-    steps: int = 300
+    steps: int = 1200
     """batches of sequences to train on (each is N chunks; optimizer steps = ticks)."""
     seed: int = 0
     """seed of weights and data (identical on every worker)."""
@@ -41,7 +41,7 @@ class Config:
     """Adam learning rate of the RNN and head."""
     clip: float = 0.0
     """max global grad norm of the RNN and head (0 = off)."""
-    synth_lr: float = 1e-3
+    synth_lr: float = 3e-3
     """Adam learning rate of the synthesizer (in normalized target units)."""
     factor: float = 1.0
     """scale of the injected synthetic gradient."""
@@ -70,6 +70,9 @@ class Config:
     """testing aid: worker ``fail_rank`` raises at this batch (-1 = never)."""
     fail_rank: int = 0
     """testing aid: which worker fails at ``fail_at``."""
+    fail_mode: str = "raise"
+    """testing aid: 'raise' an exception, 'kill' the process (SIGKILL), or feed 'nan' inputs.
+    With a checkpoint_dir, a failure happens once (a marker file records it)."""
     max_restarts: int = 0
     """Ray: restart the worker group from the last checkpoint this many times."""
 
@@ -96,6 +99,8 @@ class Config:
         if self.task == "copy" and 2 * self.copy_len + 1 > length:
             raise ValueError(f"copy needs 2*copy_len+1 = {2 * self.copy_len + 1} <= chunks*truncation = {length}; "
                              "raise --chunks or --truncation (nothing is truncated silently)")
+        if self.fail_mode not in ("raise", "kill", "nan"):
+            bad("fail_mode", "'raise', 'kill' or 'nan'")
         if not self.timeout_s > 0:
             bad("timeout_s", "> 0 seconds")
         if self.checkpoint_every < 0 or (self.checkpoint_every and not self.checkpoint_dir):

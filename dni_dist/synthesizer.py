@@ -73,7 +73,7 @@ class Synthesizer(nn.Module):
 
     def __init__(self, size: int, is_lstm: bool = True, hidden_layers: int = 0, factor: float = 1.0,
                  allow_backwarding: bool = False, activation: type = nn.GELU,
-                 optimizer: type = torch.optim.Adam, lr: float = 1e-4, aux: bool = False,
+                 optimizer: type = torch.optim.Adam, lr: float = 3e-3, aux: bool = False,
                  use_improvement: bool = True, *, num_layers: int = 1, discount: float = 0.5,
                  centre: bool = True, clip: float | None = None, normalize: bool = True,
                  scale_decay: float = 0.99):

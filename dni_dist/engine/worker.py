@@ -8,6 +8,8 @@ send back), ``absorb`` (deltas that arrived), ``grad_buffer`` -> reduce -> ``app
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import torch
 
@@ -63,6 +65,11 @@ class Worker:
         self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
         self.skipped = 0               # chunks with a non-finite loss
 
+    def begin(self, schedule: Schedule) -> None:
+        """Start a segment (the pipeline is empty between segments: nothing is in flight)."""
+        self.schedule = schedule
+        self._boundaries.clear()  # left only by chunks skipped for a non-finite loss
+
     # ---------------------------------------------------------------- data
     def _chunk_data(self, a: Action):
         if a.batch not in self._batch_cache:
@@ -85,8 +92,7 @@ class Worker:
         if a is None:
             self._graph = None
             return None
-        if a.batch == self.cfg.fail_at and self.rank == self.cfg.fail_rank:
-            raise WorkerFailure(f"worker {self.rank}: failing on purpose at batch {a.batch} (fail_at)")
+        poison = self._maybe_fail(a)
         if a.chunk == 0:
             start = self.model.initial_state(self.cfg.batch)
         elif self.schedule.receives_state(a):
@@ -96,6 +102,8 @@ class Worker:
         else:
             start = self._carry
         x, y, m = self._chunk_data(a)
+        if poison:
+            x = x * float("nan")
         self._graph = chunk_forward(self.model, start, x, y, m, need_delta=(self.cfg.mode == "dni" and a.chunk > 0))
         if self.schedule.sends_state(a):
             return tg.detach(self._graph.end)
@@ -112,6 +120,9 @@ class Worker:
         self._carry = res.state_end
         if res.skipped:
             self.skipped += 1
+            if self.schedule.sends_delta(a) and dni:  # keep the protocol in step: a target that
+                parts = tg.as_tuple(self._carry)      # the receiver drops (and counts) as non-finite
+                return tg.like([torch.full_like(t, float("nan")) for t in parts], self._carry)
         else:
             self._loss, self._ran = res.loss, 1
         if dni and not last:
@@ -160,6 +171,23 @@ class Worker:
                 self.synth.apply_update()
             self.synth.observe_targets(sq / n)
         self.synth.optimizer.zero_grad(set_to_none=True)
+
+    def _maybe_fail(self, a: Action) -> bool:
+        """The ``fail_at`` testing aid; returns True when the chunk's inputs should be NaN."""
+        cfg = self.cfg
+        if a.batch != cfg.fail_at or self.rank != cfg.fail_rank or a.chunk != self.rank * self.schedule.block:
+            return False
+        if cfg.checkpoint_dir:
+            marker = os.path.join(cfg.checkpoint_dir, f"failed-once-rank{self.rank}")
+            if os.path.exists(marker):
+                return False
+            os.makedirs(cfg.checkpoint_dir, exist_ok=True)
+            open(marker, "w").close()
+        if cfg.fail_mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if cfg.fail_mode == "raise":
+            raise WorkerFailure(f"worker {self.rank}: failing on purpose at batch {a.batch} (fail_at)")
+        return True
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

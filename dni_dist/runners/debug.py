@@ -25,7 +25,7 @@ def run(cfg: Config) -> dict:
     try:
         for sched in segments(cfg, start):
             for w in workers:
-                w.schedule = sched
+                w.begin(sched)
             inbox: dict = {}
             for t in range(sched.ticks):
                 acts = [sched.action(k, t) for k in range(cfg.workers)]

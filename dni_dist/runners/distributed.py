@@ -40,7 +40,7 @@ def run_rank(cfg: Config, rank: int, world: int) -> dict:
     t0 = time.perf_counter()
     try:
         for sched in segments(cfg, start):
-            worker.schedule = sched
+            worker.begin(sched)
             for t in range(sched.ticks):
                 a = sched.action(rank, t)
                 received = None
@@ -73,6 +73,14 @@ def init_from_env(cfg: Config) -> tuple[int, int]:
     """Initialise the default group from torchrun's environment (gloo on CPU, NCCL with CUDA)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     backend = "nccl" if torch.cuda.is_available() and os.environ.get("DNI_DEVICE", "cpu") == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=cfg.timeout_s))
+    timeout = datetime.timedelta(seconds=cfg.timeout_s)
+    # Keys of a restarted attempt must not meet the addresses the dead attempt left in the store
+    # (seen here: the restarted group tried to connect to the killed process and failed), so
+    # every attempt gets a store prefix of its own.
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=(rank == 0 and not agent_store), timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"dni_dist/attempt{attempt}", store),
+                            rank=rank, world_size=world, timeout=timeout)
     return rank, world

