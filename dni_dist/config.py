@@ -47,9 +47,18 @@ class Config:
     """scale of the injected synthetic gradient."""
     discount: float = 0.5
     """bootstrap discount gamma."""
+    device: str = "cpu"
+    """'cpu' or 'cuda' (torchrun on GPUs: NCCL, one GPU per process)."""
     # engine
     workers: int = 1
     """K: workers (processes, actors, or simulated in debug mode); must divide ``chunks``."""
+    parallel: str = "pipeline"
+    """'pipeline' (worker k owns chunk block k: the decoupled engine) or 'data' (the baseline:
+    every worker runs whole sequences on batch/workers rows; torch or ray backend)."""
+    sync: str = "exact"
+    """'exact' (all-reduce, then step, every tick: replicas equal one process) or 'overlap' (tick
+    t's all-reduce runs during tick t+1's compute and deltas are absorbed one tick later: every
+    update applies a gradient one step stale)."""
     backend: str = "debug"
     """'debug' (one process simulates K workers), 'torch' (torchrun), 'ray'."""
     timeout_s: float = 120.0
@@ -88,7 +97,16 @@ class Config:
         for name in ("hidden", "layers", "batch", "truncation", "chunks", "steps", "workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "a positive int")
-        if self.chunks % self.workers:
+        if self.sync not in ("exact", "overlap"):
+            bad("sync", "'exact' or 'overlap'")
+        if self.parallel not in ("pipeline", "data"):
+            bad("parallel", "'pipeline' or 'data'")
+        if self.parallel == "data" and self.batch % self.workers:
+            raise ValueError(f"parallel='data' splits the batch: batch({self.batch}) must be a multiple of "
+                             f"workers({self.workers})")
+        if self.parallel == "data" and self.backend == "debug" and self.workers > 1:
+            raise ValueError("parallel='data' runs under torchrun or Ray (backend 'torch' or 'ray'), not debug")
+        if self.parallel == "pipeline" and self.chunks % self.workers:
             raise ValueError(f"chunks({self.chunks}) must be a multiple of workers({self.workers}): "
                              "each worker owns a contiguous block of chunks")
         length = self.chunks * self.truncation
@@ -99,6 +117,8 @@ class Config:
         if self.task == "copy" and 2 * self.copy_len + 1 > length:
             raise ValueError(f"copy needs 2*copy_len+1 = {2 * self.copy_len + 1} <= chunks*truncation = {length}; "
                              "raise --chunks or --truncation (nothing is truncated silently)")
+        if self.device not in ("cpu", "cuda"):
+            bad("device", "'cpu' or 'cuda'")
         if self.fail_mode not in ("raise", "kill", "nan"):
             bad("fail_mode", "'raise', 'kill' or 'nan'")
         if not self.timeout_s > 0:

@@ -54,6 +54,8 @@ def main(argv=None) -> int:
                    help="debug mode: train TBPTT and DNI with the same seed and data, then print a table")
     ns = p.parse_args(argv)
     compare = ns.__dict__.pop("compare")
+    if int(os.environ.get("RANK", -1)) != -1:  # launched by torchrun: one worker per process
+        ns.backend = "torch"
     cfg = Config(**vars(ns))
     if compare:
         rows = []

@@ -109,9 +109,9 @@ def _final_model(directory):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode", ["dni", "tbptt"])
-def test_torch_distributed_matches_debug_bitwise(mode, tmp_path):
-    base = Config(mode=mode, workers=2, checkpoint_every=SMALL["steps"], checkpoint_dir="unset", **SMALL)
+@pytest.mark.parametrize("mode,sync", [("dni", "exact"), ("tbptt", "exact"), ("dni", "overlap")])
+def test_torch_distributed_matches_debug_bitwise(mode, sync, tmp_path):
+    base = Config(mode=mode, sync=sync, workers=2, checkpoint_every=SMALL["steps"], checkpoint_dir="unset", **SMALL)
     ref_dir, dist_dir = tmp_path / "debug", tmp_path / "dist"
     ref = debug.run(dataclasses.replace(base, checkpoint_dir=str(ref_dir)))
     losses = run_spawned(dataclasses.replace(base, backend="torch", checkpoint_dir=str(dist_dir)), tmp_path)
@@ -145,3 +145,13 @@ def test_ray_matches_debug_bitwise(tmp_path):
     a, b = _final_model(tmp_path / "debug"), _final_model(tmp_path / "ray")
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def test_overlap_is_one_step_stale_not_broken():
+    """Overlap applies every gradient one tick late: as many steps, the same first tick (initial
+    weights in both), different numbers after."""
+    exact = debug.run(Config(**SMALL, workers=2))["losses"]
+    late = debug.run(Config(**SMALL, workers=2, sync="overlap"))["losses"]
+    assert len(late) == len(exact)
+    assert late[0] == exact[0]
+    assert late != exact

@@ -37,14 +37,15 @@ def make_batch(cfg: Config, batch: int):
     return pad_to_multiple(x, y, m, cfg.length)
 
 
-def build(cfg: Config):
+def build(cfg: Config, device: torch.device | str = "cpu"):
     """Model, synthesizer and optimizer, identical on every worker for a given seed."""
     torch.manual_seed(cfg.seed)
     if cfg.task == "recall":
         model = SeqModel(1, cfg.hidden, 1, num_layers=cfg.layers)
     else:
         model = SeqModel(9, cfg.hidden, 8, num_layers=cfg.layers)
-    synth = Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, factor=cfg.factor, discount=cfg.discount)
+    model.to(device)
+    synth = Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, factor=cfg.factor, discount=cfg.discount).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return model, synth, opt
 
@@ -52,7 +53,12 @@ def build(cfg: Config):
 class Worker:
     def __init__(self, cfg: Config, rank: int, schedule: Schedule | None = None):
         self.cfg, self.rank, self.schedule = cfg, rank, schedule
-        self.model, self.synth, self.opt = build(cfg)
+        self.device = torch.device(cfg.device)
+        # data-parallel baseline: this worker's rows of every batch; the pipeline uses all rows
+        self.data_parallel = cfg.parallel == "data"
+        self.local_batch = cfg.batch // cfg.workers if self.data_parallel else cfg.batch
+        self.rows = slice(rank * self.local_batch, (rank + 1) * self.local_batch) if self.data_parallel else slice(None)
+        self.model, self.synth, self.opt = build(cfg, self.device)
         self.params = list(self.model.parameters())
         self.sparams = list(self.synth.parameters())
         self._batch_cache: dict[int, tuple] = {}
@@ -74,14 +80,14 @@ class Worker:
     def _chunk_data(self, a: Action):
         if a.batch not in self._batch_cache:
             self._batch_cache = {k: v for k, v in self._batch_cache.items() if k >= a.batch - 1}
-            self._batch_cache[a.batch] = make_batch(self.cfg, a.batch)
+            self._batch_cache[a.batch] = tuple(t.to(self.device) for t in make_batch(self.cfg, a.batch))
         x, y, m = self._batch_cache[a.batch]
         sl = slice(a.chunk * self.cfg.truncation, (a.chunk + 1) * self.cfg.truncation)
-        return x[:, sl], y[:, sl], m[:, sl]
+        return x[self.rows, sl], y[self.rows, sl], m[self.rows, sl]
 
     def state_like(self):
         """Shapes of a boundary state (for pre-allocated receive buffers)."""
-        return self.model.initial_state(self.cfg.batch)
+        return self.model.initial_state(self.local_batch, device=self.device)
 
     # ---------------------------------------------------------------- one tick
     def forward(self, a: Action | None, received=None):
@@ -94,7 +100,7 @@ class Worker:
             return None
         poison = self._maybe_fail(a)
         if a.chunk == 0:
-            start = self.model.initial_state(self.cfg.batch)
+            start = self.model.initial_state(self.local_batch, device=self.device)
         elif self.schedule.receives_state(a):
             if received is None:
                 raise RuntimeError(f"worker {self.rank}: {a} needs the state from worker {self.rank - 1}")
@@ -148,19 +154,21 @@ class Worker:
         if self._targets:
             bounds, tars = zip(*self._targets)
             n, sq = self.synth.accumulate(list(bounds), list(tars))
-        parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
+        parts = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
                  for p in self.params + self.sparams]
-        parts.append(torch.tensor([float(n), sq, self._loss, float(self._ran)]))
+        parts.append(torch.tensor([float(n), sq, self._loss, float(self._ran)], device=self.device))
         return torch.cat(parts)
 
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
+        if self.data_parallel:  # workers hold slices of one batch: average, as DDP does
+            total = total / self.cfg.workers
         offset = 0
         for p in self.params + self.sparams:
             k = p.numel()
             p.grad = total[offset:offset + k].view_as(p).clone()
             offset += k
-        n, sq, loss, ran = (float(v) for v in total[offset:offset + EXTRA])
+        n, sq, loss, ran = total[offset:offset + EXTRA].tolist()
         if ran > 0:
             if self.cfg.clip:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)

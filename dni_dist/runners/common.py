@@ -19,7 +19,7 @@ def segments(cfg: Config, start: int):
     b = start
     while b < cfg.steps:
         n = min(every - b % every, cfg.steps - b)
-        yield Schedule(cfg.chunks, cfg.workers, n, first_batch=b)
+        yield Schedule(cfg.chunks, 1 if cfg.parallel == "data" else cfg.workers, n, first_batch=b)
         b += n
 
 

@@ -14,6 +14,14 @@ from ..engine.worker import Worker
 from .common import Progress, maybe_checkpoint, metrics, resume_point, segments
 
 
+def _sum(bufs):
+    """The all-reduce of debug mode: a sum in rank order."""
+    total = bufs[0]
+    for b in bufs[1:]:
+        total = total + b
+    return total
+
+
 def run(cfg: Config) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -27,6 +35,8 @@ def run(cfg: Config) -> dict:
             for w in workers:
                 w.begin(sched)
             inbox: dict = {}
+            late: list = []       # overlap: deltas absorbed one tick after they were sent
+            pending = None        # overlap: the summed buffer applied one tick late
             for t in range(sched.ticks):
                 acts = [sched.action(k, t) for k in range(cfg.workers)]
                 sent = {}
@@ -34,19 +44,35 @@ def run(cfg: Config) -> dict:
                     out = w.forward(acts[k], inbox.get(k))
                     if out is not None:
                         sent[k + 1] = out
+                arrived = []
                 for k, w in enumerate(workers):
                     delta = w.backward(acts[k])
                     if delta is not None:
-                        workers[k - 1].absorb(acts[k].batch, acts[k].chunk - 1, delta)
-                bufs = [w.grad_buffer() for w in workers]
-                total = bufs[0]
-                for b in bufs[1:]:
-                    total = total + b
-                for w in workers:
-                    w.apply(total)
+                        arrived.append((k - 1, acts[k].batch, acts[k].chunk - 1, delta))
+                if cfg.sync == "exact":
+                    late, arrived = arrived, []
+                for k, b, c, d in late:
+                    workers[k].absorb(b, c, d)
+                late = arrived
+                total = _sum([w.grad_buffer() for w in workers])
+                if cfg.sync == "exact":
+                    pending, total = total, None
+                if pending is not None:
+                    for w in workers:
+                        w.apply(pending)
+                pending = total
                 inbox = sent
                 done = sched.first_batch + max(0, (t + 1) // sched.block - (cfg.workers - 1))
                 progress.update(min(done, sched.first_batch + sched.batches), workers[0].losses)
+            if pending is not None:  # overlap: drain before the segment ends
+                for w in workers:
+                    w.apply(pending)
+                    w.forward(None)
+                for k, b, c, d in late:
+                    workers[k].absorb(b, c, d)
+                total = _sum([w.grad_buffer() for w in workers])
+                for w in workers:
+                    w.apply(total)
             maybe_checkpoint(cfg, sched, workers[0], 0)
     finally:
         progress.close()

@@ -32,7 +32,7 @@ def run_rank(cfg: Config, rank: int, world: int) -> dict:
         raise ValueError(f"world size {world} != --workers {cfg.workers}: launch one process per worker "
                          f"(torchrun --nproc-per-node {cfg.workers})")
     torch.set_num_threads(1)
-    transport = TorchDistTransport(cfg.timeout_s)
+    transport = TorchDistTransport(cfg.timeout_s, cfg.device)
     worker = Worker(cfg, rank)
     like = worker.state_like()
     start = resume_point(cfg, worker)
@@ -41,8 +41,10 @@ def run_rank(cfg: Config, rank: int, world: int) -> dict:
     try:
         for sched in segments(cfg, start):
             worker.begin(sched)
+            late = None      # overlap: the downstream action whose delta is absorbed next tick
+            pending = None   # overlap: the all-reduce started last tick
             for t in range(sched.ticks):
-                a = sched.action(rank, t)
+                a = sched.action(0 if cfg.parallel == "data" else rank, t)
                 received = None
                 if a is not None and sched.receives_state(a):
                     parts = transport.recv(rank - 1, _header("state", a.batch, a.chunk - 1, like))
@@ -53,13 +55,24 @@ def run_rank(cfg: Config, rank: int, world: int) -> dict:
                 delta = worker.backward(a)
                 if delta is not None:
                     transport.send(rank - 1, _header("delta", a.batch, a.chunk - 1, delta), list(tg.as_tuple(delta)))
-                down = sched.delta_from(rank, t)
-                if down is not None and cfg.mode == "dni":
-                    parts = transport.recv(rank + 1, _header("delta", down.batch, down.chunk - 1, like))
-                    worker.absorb(down.batch, down.chunk - 1, tg.like(parts, like))
-                worker.apply(transport.all_reduce_sum(worker.grad_buffer()))
+                down = sched.delta_from(rank, t) if cfg.parallel == "pipeline" and cfg.mode == "dni" else None
+                if cfg.sync == "exact":
+                    _absorb(transport, worker, rank, down, like)
+                    worker.apply(transport.all_reduce_sum(worker.grad_buffer()))
+                else:
+                    _absorb(transport, worker, rank, late, like)
+                    late = down
+                    buf = worker.grad_buffer()
+                    if pending is not None:
+                        worker.apply(transport.finish(pending))
+                    pending = transport.start_all_reduce(buf)
                 done = sched.first_batch + max(0, (t + 1) // sched.block - (cfg.workers - 1))
                 progress.update(min(done, sched.first_batch + sched.batches), worker.losses)
+            if pending is not None:  # overlap: drain before the segment ends
+                worker.apply(transport.finish(pending))
+                worker.forward(None)
+                _absorb(transport, worker, rank, late, like)
+                worker.apply(transport.all_reduce_sum(worker.grad_buffer()))
             maybe_checkpoint(cfg, sched, worker, rank)
         transport.close()
     finally:
@@ -69,10 +82,19 @@ def run_rank(cfg: Config, rank: int, world: int) -> dict:
                    {"rank": rank, "skipped_chunks": worker.skipped, "synth_updates": worker.synth.stats.updates})
 
 
+def _absorb(transport, worker, rank: int, down, like) -> None:
+    """Receive the delta that ``down`` (the next worker's action) sent, and hand it to the worker."""
+    if down is not None:
+        parts = transport.recv(rank + 1, _header("delta", down.batch, down.chunk - 1, like))
+        worker.absorb(down.batch, down.chunk - 1, tg.like(parts, like))
+
+
 def init_from_env(cfg: Config) -> tuple[int, int]:
     """Initialise the default group from torchrun's environment (gloo on CPU, NCCL with CUDA)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("DNI_DEVICE", "cpu") == "cuda" else "gloo"
+    backend = "nccl" if cfg.device == "cuda" else "gloo"
+    if cfg.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     # Keys of a restarted attempt must not meet the addresses the dead attempt left in the store
     # (seen here: the restarted group tried to connect to the killed process and failed), so

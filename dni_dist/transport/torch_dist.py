@@ -82,10 +82,17 @@ class TorchDistTransport:
         return out
 
     def all_reduce_sum(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.start_all_reduce(flat))
+
+    def start_all_reduce(self, flat: torch.Tensor):
+        """Begin summing ``flat`` over all workers; :meth:`finish` waits for it."""
         buf = flat.to(self.device)
-        work = dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True)
+        return dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True), buf, flat.device
+
+    def finish(self, handle) -> torch.Tensor:
+        work, buf, device = handle
         self._wait(work, "the gradient all-reduce")
-        return buf.to(flat.device)
+        return buf.to(device)
 
     def _wait(self, work, what: str) -> None:
         try:
