@@ -27,6 +27,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the model")
     p.add_argument("--synth-lr", type=float, default=None, help="synthesizer learning rate (default: its own)")
+    p.add_argument("--synth-kw", default="{}", help='extra Synthesizer options as JSON, e.g. \'{"discount": 1.0}\'')
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many batches too (0 = budget only)")
     p.add_argument("--clip", type=float, default=0.0, help="max grad norm (0 = off)")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     return p
@@ -38,6 +40,7 @@ def setup(args, model):
     synth = None
     if args.mode == "dni":
         kw = {} if args.synth_lr is None else {"lr": args.synth_lr}
+        kw.update(json.loads(args.synth_kw))
         synth = Synthesizer.for_rnn(model.rnn, **kw)
     return opt, synth
 
@@ -51,7 +54,9 @@ class Budget:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def running(self) -> bool:
+    def running(self, steps: int = 0) -> bool:
+        if self.args.max_steps and steps >= self.args.max_steps:
+            return False
         return self.elapsed() < self.args.budget_s
 
     def log(self, msg: str) -> None:

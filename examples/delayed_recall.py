@@ -27,7 +27,7 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed)
     length = args.chunks * args.truncation
     budget, losses, curve, solved_at = Budget(args), [], [], None
-    while budget.running():
+    while budget.running(len(losses)):
         x, y, m = delayed_recall_batch(args.batch, length, args.delay, gen)
         total, _ = train_batch(model, synth, opt, x, y, m, args.truncation, args.mode, clip=args.clip)
         losses.append(total / (length - args.delay))
@@ -37,6 +37,7 @@ def main(argv=None):
         curve.append([round(budget.elapsed(), 2), losses[-1]])
         budget.log(f"loss/step {recent:.3f}")
     return finish(args, {"steps": len(losses), "wall_s": budget.elapsed(), "delay": args.delay,
+                         "synth_kw": args.synth_kw, "synth_lr": args.synth_lr,
                          "final_loss": sum(losses[-50:]) / len(losses[-50:]), "solved_at": solved_at,
                          "curve": curve[::5]})
 
