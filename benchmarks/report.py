@@ -133,6 +133,13 @@ Cells: mean ± standard deviation over seeds, then each seed's value in parenthe
 {table(runs)}
 Plots: {", ".join(f"[{os.path.basename(m)}]({os.path.basename(m)})" for m in made)}
 """)
+    with open(os.path.join(args.out, "results_runs.csv"), "w") as f:  # every run's score, for re-analysis
+        f.write("folder,task,mode,truncation,seed,score_name,score,steps,wall_s\n")
+        for folder in args.folders:
+            for (task, mode, t), rs in sorted(load(folder).items()):
+                for r in rs:
+                    score = SCORES[task][0]
+                    f.write(f"{folder},{task},{mode},{t},{r['seed']},{score},{r[score]},{r['steps']},{r['wall_s']:.1f}\n")
     notes = open(args.notes).read() if os.path.exists(args.notes) else ""
     text = f"""# Results: synthetic gradients vs truncation
 

@@ -71,6 +71,8 @@ class Config:
     """continue from the latest complete checkpoint in ``checkpoint_dir``."""
     metrics_json: str = ""
     """write metrics (losses, tokens_per_s, peak_rss_mb, config) here."""
+    metrics_csv: str = ""
+    """write the loss of every optimizer step here as CSV (step,loss)."""
     ray_address: str = ""
     """Ray cluster address ('' = start a local instance)."""
     progress: bool = True

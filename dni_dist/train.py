@@ -14,7 +14,7 @@ import os
 import sys
 
 from .config import Config, from_args, parser
-from .runners.common import write_metrics
+from .runners.common import write_csv, write_metrics
 
 
 def run(cfg: Config) -> dict | None:
@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     if m is not None:
         print(summary(m, cfg), flush=True)
         write_metrics(cfg.metrics_json, m)
+        write_csv(cfg.metrics_csv, m["losses"])
     return 0
 
 

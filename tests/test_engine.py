@@ -155,3 +155,16 @@ def test_overlap_is_one_step_stale_not_broken():
     assert len(late) == len(exact)
     assert late[0] == exact[0]
     assert late != exact
+
+
+def test_entry_point_writes_json_and_csv(tmp_path):
+    import json
+
+    from dni_dist.train import main
+    args = ["--workers", "2", "--chunks", "4", "--steps", "3", "--batch", "4", "--hidden", "8", "--no-progress",
+            "--metrics-json", str(tmp_path / "m.json"), "--metrics-csv", str(tmp_path / "m.csv")]
+    assert main(args) == 0
+    m = json.load(open(tmp_path / "m.json"))
+    assert {"losses", "tokens_per_s", "peak_rss_mb", "config"} <= set(m)
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and len(rows) == len(m["losses"]) + 1

@@ -80,6 +80,14 @@ def metrics(cfg: Config, losses: list, wall_s: float, batches: int, extra: dict 
     return out
 
 
+def write_csv(path: str, losses: list) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("step,loss\n")
+            f.writelines(f"{i},{v}\n" for i, v in enumerate(losses))
+
+
 def write_metrics(path: str, m: dict) -> None:
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
