@@ -22,6 +22,7 @@ VARIANTS = {  # name: Synthesizer options (everything else default)
     "no centring": {"centre": False},
     "discount 1 (paper's bootstrap)": {"discount": 1.0},
     "discount 0": {"discount": 0.0},
+    "injection scale 3": {"factor": 3.0},
 }
 
 

@@ -12,7 +12,7 @@ References:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,7 +39,6 @@ class SynthStats:
     nonfinite_targets: int = 0      # targets dropped, never regressed on
     last_loss: float = float("nan")         # regression loss of the last update
     last_target_energy: float = float("nan")  # mean square of its targets (loss/energy ~1 = predicts nothing)
-    history: list = field(default_factory=list)
 
 
 class Synthesizer(nn.Module):
@@ -49,7 +48,7 @@ class Synthesizer(nn.Module):
         size: hidden size H of the RNN (last dimension of its state).
         is_lstm: True when the state is an ``(h, c)`` tuple.
         hidden_layers: hidden layers of the synthesizer MLP; 0 (default) is a linear synthesizer,
-            which was the reliable choice in our measurements (docs/results.md).
+            the setting all our measurements used (docs/math.md).
         factor: scale of the injected synthetic gradient (lambda). 1 = full scale.
         allow_backwarding: seed option (let the synthesizer's loss reach the RNN); not supported.
         activation: activation class between hidden layers.
@@ -336,9 +335,9 @@ class Synthesizer(nn.Module):
             bounds.append(p.state)
             tars.append(target)
         self.optimizer.zero_grad(set_to_none=True)
-        ready = self.scale_ready()
+        scale_was_ready = self.scale_ready()
         n, sq = self.accumulate(bounds, tars)
-        if n and ready:
+        if n and scale_was_ready:
             self.apply_update()
         if n:
             self.observe_targets(sq / n)

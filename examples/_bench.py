@@ -77,7 +77,7 @@ def bit_errors(model, x, y, mask, state=None):
 def curriculum(args, make_batch, level_name, n_levels_max, score_of, model, opt, synth, budget):
     level, solved, window, curve, steps = 1, 0, [], [], 0
     gen = torch.Generator().manual_seed(args.seed)
-    while budget.running() and level <= n_levels_max:
+    while budget.running(steps) and level <= n_levels_max:
         x, y, m = make_batch(level, gen)
         x, y, m = pad_to_multiple(x, y, m, args.truncation)
         err = bit_errors(model, x, y, m)  # measured before training on the batch: held-out

@@ -54,7 +54,7 @@ def main(argv=None):
     budget, pos, steps, curve = Budget(args), 0, 0, []
     state = model.initial_state(args.batch)
     ones = torch.ones(args.batch, span)
-    while budget.running():
+    while budget.running(steps):
         if pos + window + 1 > streams.shape[1]:
             pos, state = 0, model.initial_state(args.batch)  # next epoch
         total = 0.0
