@@ -16,6 +16,7 @@ def main():
     p.add_argument("throughput_json")
     p.add_argument("--hop-ms", type=float, default=0.2)
     p.add_argument("--mode", default="dni")
+    p.add_argument("--plot", default="", help="also draw the speedup vs K to this PNG")
     args = p.parse_args()
     rows = {r["name"]: r for r in json.load(open(args.throughput_json)) if r["mode"] == args.mode}
     cfg_tokens = 32 * 16  # B * T per chunk
@@ -28,11 +29,41 @@ def main():
           f"-> S/beta = {s_over_beta:.1f} ms, overlap residual = {resid:.1f} ms")
     print("| K | all-reduce ms (model) | exact: speedup | overlap: speedup |")
     print("|---|---|---|---|")
-    for k in (2, 4, 8, 16, 32, 64):
+    ks, ex, ov = (1, 2, 4, 8, 16, 32, 64), [], []
+    for k in ks:
         t_ar = 2 * (k - 1) / k * s_over_beta + 2 * (k - 1) * args.hop_ms
-        exact = k * t_c / (t_c + t_ar)
-        over = k * t_c / (max(t_c, t_ar) + resid)
-        print(f"| {k} | {t_ar:.1f} | {exact:.1f}x | {over:.1f}x |")
+        ex.append(k * t_c / (t_c + t_ar))
+        ov.append(k * t_c / (max(t_c, t_ar) + (resid if k > 1 else 0.0)))
+        if k > 1:
+            print(f"| {k} | {t_ar:.1f} | {ex[-1]:.1f}x | {ov[-1]:.1f}x |")
+    if args.plot:
+        plot(args.plot, ks, ex, ov, rows)
+
+
+def plot(path, ks, ex, ov, rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    base = rows["single process (K=1)"]["tokens_per_s"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(ks, ks, ":", color="gray", label="ideal (K x one process)")
+    ax.plot(ks, ex, "o-", color="tab:blue", label="model, --sync exact")
+    ax.plot(ks, ov, "s-", color="tab:green", label="model, --sync overlap")
+    measured = [("pipeline K=2, torchrun", "tab:blue", "measured exact (torchrun)"),
+                ("pipeline K=2, Ray", "tab:purple", "measured exact (Ray)"),
+                ("pipeline K=2 overlap, torchrun", "tab:green", "measured overlap"),
+                ("data-parallel K=2, torchrun", "tab:red", "measured data-parallel")]
+    for name, color, label in measured:
+        if name in rows:
+            ax.plot([2], [rows[name]["tokens_per_s"] / base], "*", ms=12, color=color, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("workers K")
+    ax.set_ylabel("speedup over one process")
+    ax.set_title("engine throughput vs workers (DNI, LSTM H=256)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":
