@@ -13,7 +13,7 @@ MODES = ("bptt", "tbptt", "dni")
 
 def train_batch(model, synth, optimizer, x, y, mask, truncation: int, mode: str, *,
                 clip: float | None = None, state=None) -> tuple[float, object]:
-    """Train on one batch of sequences; return (mean loss per chunk-step... summed loss, final state).
+    """Train on one batch of sequences in ``mode``: 'bptt', 'tbptt' or 'dni' (the seed API).
 
     ``x.shape[1]`` must be a multiple of ``truncation`` (pad with
     :func:`dni_dist.tasks.pad_to_multiple`). TBPTT and DNI take one optimizer step per chunk,

@@ -7,7 +7,6 @@ send back), ``absorb`` (deltas that arrived), ``grad_buffer`` -> reduce -> ``app
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 
@@ -211,7 +210,3 @@ class Worker:
         self.losses = list(sd["losses"])
         self.skipped = sd["skipped"]
 
-
-def finite_mean(values) -> float:
-    vals = [v for v in values if math.isfinite(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
