@@ -67,7 +67,7 @@ def run(cfg: Config) -> dict:
             if pending is not None:  # overlap: drain before the segment ends
                 for w in workers:
                     w.apply(pending)
-                    w.forward(None)
+                    w.forward(None)  # no chunk: clears gradients and this tick's targets
                 for k, b, c, d in late:
                     workers[k].absorb(b, c, d)
                 total = _sum([w.grad_buffer() for w in workers])

@@ -70,7 +70,7 @@ def run_rank(cfg: Config, rank: int, world: int) -> dict:
                 progress.update(min(done, sched.first_batch + sched.batches), worker.losses)
             if pending is not None:  # overlap: drain before the segment ends
                 worker.apply(transport.finish(pending))
-                worker.forward(None)
+                worker.forward(None)  # no chunk: clears gradients and this tick's targets
                 _absorb(transport, worker, rank, late, like)
                 worker.apply(transport.all_reduce_sum(worker.grad_buffer()))
             maybe_checkpoint(cfg, sched, worker, rank)

@@ -25,8 +25,8 @@ def _actor_class(ray):
     @ray.remote(num_cpus=1, max_restarts=0)
     class RankActor:
         def address(self, local: bool) -> str:
-            """Rendezvous address on this actor's node: loopback when Ray runs on this machine
-            only (measured here: the node's routed address made gloo's connect take ~60 s)."""
+            """Rendezvous address on this actor's node: loopback for a local Ray instance (no
+            traffic needs to leave the machine), the node's address on a cluster."""
             host = "127.0.0.1" if local else ray.util.get_node_ip_address()
             s = socket.socket()
             s.bind((host, 0))
