@@ -16,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {  # name: Synthesizer options (everything else default)
     "defaults": {},
+    "no gate (injection not scaled by its measured fit)": {"gate": False},
+    "gate tolerance 1 (least-squares shrinkage)": {"gate_tolerance": 1.0},
+    "gate tolerance 4": {"gate_tolerance": 4.0},
     "not normalised, lr 1e-4 (the issue's lead)": {"normalize": False, "lr": 1e-4},
     "normalised, lr 1e-4": {"lr": 1e-4},
     "normalised, lr 1e-2": {"lr": 1e-2},
@@ -31,12 +34,17 @@ def main():
     p.add_argument("--out", default="runs/ablations")
     p.add_argument("--sequences", type=int, default=1200)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed (held-out replications: 10)")
     p.add_argument("--lanes", type=int, default=1)
+    p.add_argument("--only", default="", help="comma-separated variant indices to run (default: all)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     jobs = []
+    only = {int(i) for i in args.only.split(",") if i}
     for i, (name, kw) in enumerate(VARIANTS.items()):
-        for seed in range(args.seeds):
+        if only and i not in only:
+            continue
+        for seed in range(args.seed_offset, args.seed_offset + args.seeds):
             out = os.path.join(args.out, f"v{i}_s{seed}.json")
             if not os.path.exists(out):
                 jobs.append([sys.executable, os.path.join(ROOT, "examples", "delayed_recall.py"), "--mode", "dni",
@@ -45,9 +53,12 @@ def main():
                              "--log-every", "100000"])
     with ThreadPoolExecutor(args.lanes) as ex:
         list(ex.map(lambda c: subprocess.run(c, capture_output=True), jobs))
-    lines = ["| variant | final loss per step, 3 seeds (chance 0.693) | seeds solved (< 0.05) | sequences to solve |",
+    lines = [f"| variant | final loss per step, {args.seeds} seeds (chance 0.693) | seeds solved (< 0.05) | "
+             "sequences to solve |",
              "|---|---|---|---|"]
     for i, name in enumerate(VARIANTS):
+        if only and i not in only:
+            continue
         rs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(args.out, f"v{i}_s*.json")))]
         if not rs:
             continue

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = {  # task: (script, truncations, budget seconds, extra options)
     "recall_d5": ("delayed_recall.py", [4], 45, ["--delay", "5"]),
     "recall_d8": ("delayed_recall.py", [4], 45, ["--delay", "8"]),
-    "copy": ("copy.py", [3, 5], 60, []),
+    "copy": ("copy_task.py", [3, 5], 60, []),
     "repeat_copy": ("repeat_copy.py", [3, 5], 60, []),
     "char_lm": ("char_lm.py", [3, 5], 90, []),
 }
@@ -30,18 +30,29 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--tasks", default=",".join(GRID))
     p.add_argument("--budget-scale", type=float, default=1.0)
+    p.add_argument("--modes", default="tbptt,dni,bptt")
+    p.add_argument("--truncations", default="", help="comma-separated T (default: each task's own)")
+    p.add_argument("--max-steps", type=int, default=0, help="equal updates instead of equal wall-clock "
+                                                            "(the budget is then unlimited)")
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed (held-out replications: 10)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     jobs = []
     for task in args.tasks.split(","):
         script, ts, budget, extra = GRID[task]
-        for t, mode, seed in itertools.product(ts, ["tbptt", "dni", "bptt"], range(args.seeds)):
+        if args.truncations:
+            ts = [int(t) for t in args.truncations.split(",")]
+        seeds = range(args.seed_offset, args.seed_offset + args.seeds)
+        for t, mode, seed in itertools.product(ts, args.modes.split(","), seeds):
             out = os.path.join(args.out, f"{task}_{mode}_T{t}_s{seed}.json")
             if os.path.exists(out):
                 continue
             cmd = [sys.executable, os.path.join(ROOT, "examples", script), "--mode", mode, "--truncation", str(t),
-                   "--seed", str(seed), "--budget-s", str(budget * args.budget_scale), "--json", out,
-                   "--log-every", "1000", *extra]
+                   "--seed", str(seed), "--json", out, "--log-every", "1000", *extra]
+            if args.max_steps:
+                cmd += ["--budget-s", "1e9", "--max-steps", str(args.max_steps)]
+            else:
+                cmd += ["--budget-s", str(budget * args.budget_scale)]
             jobs.append((task, cmd))
     print(f"{len(jobs)} runs", flush=True)
     t0 = time.time()

@@ -32,11 +32,19 @@ class ChunkResult:
     skipped: bool = False     # non-finite loss: nothing was back-propagated
 
 
-def chunk_forward(model, state_start: State, x, y, mask, *, need_delta: bool) -> ChunkGraph:
-    """Forward one chunk from ``state_start`` (its graph is cut here)."""
-    start = tg.detach_requires_grad(state_start) if need_delta else tg.detach(state_start)
-    loss, end = model.chunk_loss(x, y, mask, start)
-    return ChunkGraph(loss, start, end, need_delta)
+def chunk_forward(model, loss_fn, state_start: State | None, x, y, mask, *, need_delta: bool) -> ChunkGraph:
+    """Forward one chunk from ``state_start`` (None: the model's own initial state; otherwise its
+    graph is cut here): ``out, end = model(x, start)``, ``loss = loss_fn(out, y, mask)``."""
+    if state_start is None:
+        start = None
+    else:
+        start = tg.detach_requires_grad(state_start) if need_delta else tg.detach(state_start)
+    out, end = model(x, start)
+    loss = loss_fn(out, y, mask)
+    if not torch.is_tensor(loss) or loss.dim() != 0:
+        raise ValueError(f"the spec's loss must return a scalar tensor; got "
+                         f"{tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__}")
+    return ChunkGraph(loss, start, end, need_delta and start is not None)
 
 
 def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
@@ -65,6 +73,8 @@ def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
     return ChunkResult(value, end, delta)
 
 
-def chunk_step(model, synth, state_start: State, x, y, mask, *, need_delta: bool, inject: bool) -> ChunkResult:
+def chunk_step(model, loss_fn, synth, state_start: State | None, x, y, mask, *, need_delta: bool,
+               inject: bool) -> ChunkResult:
     """:func:`chunk_forward` then :func:`chunk_backward`."""
-    return chunk_backward(chunk_forward(model, state_start, x, y, mask, need_delta=need_delta), synth, inject=inject)
+    graph = chunk_forward(model, loss_fn, state_start, x, y, mask, need_delta=need_delta)
+    return chunk_backward(graph, synth, inject=inject)

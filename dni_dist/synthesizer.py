@@ -11,7 +11,9 @@ References:
 """
 from __future__ import annotations
 
+import math
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -39,14 +41,18 @@ class SynthStats:
     nonfinite_targets: int = 0      # targets dropped, never regressed on
     last_loss: float = float("nan")         # regression loss of the last update
     last_target_energy: float = float("nan")  # mean square of its targets (loss/energy ~1 = predicts nothing)
+    skill: float = 0.0              # fraction of recent target variance explained by the injected direction
+    gate: float = 0.0               # what the injection is scaled by now (least-squares shrinkage, in [0, 1])
+    skipped_updates: int = 0        # updates refused because a gradient was not finite
 
 
 class Synthesizer(nn.Module):
     """Predicts ``dL_future / d state`` at a truncation boundary and trains itself by bootstrapping.
 
     Args:
-        size: hidden size H of the RNN (last dimension of its state).
-        is_lstm: True when the state is an ``(h, c)`` tuple.
+        size: hidden size H of the RNN (last dimension of its state). None: taken from the first
+            state the synthesizer sees, like ``nn.LazyLinear``.
+        is_lstm: True when the state is an ``(h, c)`` tuple. None: taken from the first state.
         hidden_layers: hidden layers of the synthesizer MLP; 0 (default) is a linear synthesizer,
             the setting all our measurements used (docs/math.md).
         factor: scale of the injected synthetic gradient (lambda). 1 = full scale.
@@ -58,35 +64,60 @@ class Synthesizer(nn.Module):
         use_improvement: seed option: a boundary that nothing followed (end of sequence) is
             trained toward a zero gradient. False drops such boundaries instead.
         num_layers: layers of the RNN state (``nn.LSTM(num_layers=...)``); all layers are
-            predicted jointly.
+            predicted jointly. None: taken from the first state.
         discount: gamma of the bootstrap, ``target = dL_c/dh + gamma * J^T g``. 1 is the paper's.
         centre: inject the prediction minus its batch mean (the synthesizer still learns the
             uncentred target). Needs batch size >= 2 to have an effect.
-        clip: optional max-norm for the synthesizer's gradient.
+        clip: optional max-norm (> 0) for the synthesizer's gradient.
         normalize: learn targets in units of their running RMS (PopArt-style, van Hasselt et al.
             2016, arXiv 1602.07714): boundary gradients can be ~1e-4 in size, and Adam's steps
             do not shrink with them, so an unnormalised synthesizer overshoots by orders of
             magnitude (measured: predictions 100x their targets on delayed recall).
-        scale_decay: decay of the running RMS (per update).
+        scale_decay: decay of the running RMS (per update), in [0, 1).
+        gate: scale the injection by ``clamp(gate_tolerance * <p, d> / <p, p>, 0, 1)`` over recent
+            targets ``d`` and (centred) predictions ``p``. Injecting ``a * p`` has a smaller
+            squared error against the target than injecting nothing exactly when
+            ``a < 2 <p, d> / <p, p>``; with the default tolerance 2 the gate is the largest scale
+            up to 1 that is never worse than plain TBPTT by that measure. A synthesizer that
+            predicts noise, or points the wrong way, injects nothing. Without it a solved task
+            collapsed late in training (issue 12); docs/math.md has the evidence.
+        gate_decay: decay (per update) of the running sums the gate is computed from, in [0, 1).
+        gate_tolerance: see ``gate``; 1 is the least-squares shrinkage (slower to learn in our
+            ablation), larger values tolerate more over-confident predictions.
     """
 
-    def __init__(self, size: int, is_lstm: bool = True, hidden_layers: int = 0, factor: float = 1.0,
-                 allow_backwarding: bool = False, activation: type = nn.GELU,
+    def __init__(self, size: int | None = None, is_lstm: bool | None = None, hidden_layers: int = 0,
+                 factor: float = 1.0, allow_backwarding: bool = False, activation: type = nn.GELU,
                  optimizer: type = torch.optim.Adam, lr: float = 3e-3, aux: bool = False,
-                 use_improvement: bool = True, *, num_layers: int = 1, discount: float = 0.5,
+                 use_improvement: bool = True, *, num_layers: int | None = None, discount: float = 0.5,
                  centre: bool = True, clip: float | None = None, normalize: bool = True,
-                 scale_decay: float = 0.99):
+                 scale_decay: float = 0.99, gate: bool = True, gate_decay: float = 0.99,
+                 gate_tolerance: float = 2.0):
         super().__init__()
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int (the RNN's hidden size); got {size!r}")
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int; got {num_layers!r}")
-        if not isinstance(hidden_layers, int) or hidden_layers < 0:
-            raise ValueError(f"hidden_layers must be an int >= 0; got {hidden_layers!r}")
-        if not 0.0 <= discount <= 1.0:
-            raise ValueError(f"discount must be in [0, 1]; got {discount!r}")
-        if not factor >= 0.0:
-            raise ValueError(f"factor must be >= 0; got {factor!r}")
+
+        def number(name, value, ok, expected):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not ok(value):
+                raise ValueError(f"Synthesizer({name}={value!r}): expected {expected}")
+
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"Synthesizer(size={size!r}): expected a positive int (the RNN's hidden size) "
+                             "or None (taken from the first state)")
+        if is_lstm is not None and not isinstance(is_lstm, bool):
+            raise ValueError(f"Synthesizer(is_lstm={is_lstm!r}): expected True, False or None")
+        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)
+                                       or num_layers < 1):
+            raise ValueError(f"Synthesizer(num_layers={num_layers!r}): expected a positive int or None")
+        if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 0:
+            raise ValueError(f"Synthesizer(hidden_layers={hidden_layers!r}): expected an int >= 0")
+        number("discount", discount, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+        number("factor", factor, lambda v: v >= 0.0, "a finite number >= 0")
+        number("lr", lr, lambda v: v >= 0.0, "a finite number >= 0")
+        number("scale_decay", scale_decay, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+        number("gate_decay", gate_decay, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+        number("gate_tolerance", gate_tolerance, lambda v: v >= 1.0, "a finite number >= 1")
+        if clip is not None:
+            number("clip", clip, lambda v: v > 0.0, "None or a finite number > 0")
         if allow_backwarding:
             raise ValueError("allow_backwarding=True is not supported: letting the synthesizer's regression "
                              "loss flow into the RNN trains the RNN to make its gradients predictable, which "
@@ -95,24 +126,40 @@ class Synthesizer(nn.Module):
             raise ValueError("aux=True (the paper's auxiliary future-synthetic-gradient task) is not supported: "
                              "it needs every intermediate RNN state, which backward_synthetic does not see. "
                              "Use the default aux=False (docs/math.md explains).")
-        self.size, self.is_lstm, self.num_layers = size, bool(is_lstm), num_layers
+        self.size, self.is_lstm, self.num_layers = size, is_lstm, num_layers
+        self.hidden_layers, self.activation = hidden_layers, activation
+        self.optimizer_cls, self.lr = optimizer, float(lr)
         self.factor, self.discount, self.centre = float(factor), float(discount), bool(centre)
         self.use_improvement, self.clip = bool(use_improvement), clip
         self.normalize, self.scale_decay = bool(normalize), float(scale_decay)
+        self.gate, self.gate_decay, self.gate_tolerance = bool(gate), float(gate_decay), float(gate_tolerance)
         # running mean square of targets; 0 until the first target (a buffer: checkpointed)
         self.register_buffer("target_ms", torch.zeros(()))
-        dim = (2 if self.is_lstm else 1) * num_layers * size
+        # running means of <p, d>, <p, p>, <d, d> per element, in output units (the gate's evidence)
+        self.register_buffer("fit", torch.zeros(3))
+        self.net: nn.Sequential | None = None
+        self.optimizer = None
+        self.stats = SynthStats()
+        self._calls = 0
+        self._pending: list[_Pending] = []
+        self._last_hn = None
+        if size is not None and is_lstm is not None and num_layers is not None:
+            self._build()
+
+    def _build(self) -> None:
+        dim = (2 if self.is_lstm else 1) * self.num_layers * self.size
         layers: list[nn.Module] = []
-        for _ in range(hidden_layers):
-            layers += [nn.Linear(dim, dim), activation()]
+        for _ in range(self.hidden_layers):
+            layers += [nn.Linear(dim, dim), self.activation()]
         out = nn.Linear(dim, dim)
         nn.init.zeros_(out.weight)  # zero output layer: at start this is exactly plain TBPTT
         nn.init.zeros_(out.bias)
         self.net = nn.Sequential(*layers, out)
-        self.optimizer = optimizer(self.parameters(), lr=lr)
-        self.stats = SynthStats()
-        self._calls = 0
-        self._pending: list[_Pending] = []
+        self.optimizer = self.optimizer_cls(self.net.parameters(), lr=self.lr)
+
+    @property
+    def built(self) -> bool:
+        return self.net is not None
 
     @classmethod
     def for_rnn(cls, rnn: nn.Module, **kwargs) -> "Synthesizer":
@@ -125,9 +172,39 @@ class Synthesizer(nn.Module):
             raise ValueError("nn.LSTM with proj_size > 0 is not supported (h and c differ in size)")
         return cls(rnn.hidden_size, is_lstm=is_lstm, num_layers=getattr(rnn, "num_layers", 1), **kwargs)
 
+    @classmethod
+    def for_state(cls, state: State, **kwargs) -> "Synthesizer":
+        """A synthesizer sized for ``state``, a state a model returned (built at once)."""
+        synth = cls(**kwargs)
+        synth._infer(state)
+        synth._build()
+        synth._follow(state)
+        return synth
+
+    def _infer(self, state: State) -> None:
+        """Fill in size, is_lstm and num_layers left as None from a state the model returned."""
+        if self.is_lstm is None:
+            if isinstance(state, (tuple, list)) and len(state) == 2:
+                self.is_lstm = True
+            elif torch.is_tensor(state):
+                self.is_lstm = False
+            else:
+                raise TypeError(f"the RNN state must be a tensor or an (h, c) tuple; got {_describe(state)}")
+        first = tg.as_tuple(state)[0]
+        if not torch.is_tensor(first) or first.dim() not in (2, 3):
+            raise ValueError(f"the RNN state must hold (batch, H) or (num_layers, batch, H) tensors; got "
+                             f"{_describe(state)}")
+        if self.size is None:
+            self.size = int(first.shape[-1])
+        if self.num_layers is None:
+            self.num_layers = 1 if first.dim() == 2 else int(first.shape[0])
+
     # ------------------------------------------------------------------ validation
     def check_state(self, state, name: str = "state") -> None:
-        """Raise a clear error unless ``state`` has the form this synthesizer was built for."""
+        """Raise a clear error unless ``state`` has the form this synthesizer was built for.
+        A synthesizer created without its sizes takes them from the first state it checks."""
+        if not self.built:
+            self._infer(state)
         if self.is_lstm:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 got = f"a Tensor of shape {tuple(state.shape)}" if torch.is_tensor(state) else type(state).__name__
@@ -162,6 +239,8 @@ class Synthesizer(nn.Module):
 
     def _follow(self, state: State) -> None:
         """Device and dtype follow the state (moved once, before the optimizer holds any state)."""
+        if not self.built:
+            self._build()
         h = tg.as_tuple(state)[0]
         w = self.net[-1].weight
         if w.device == h.device and w.dtype == h.dtype:
@@ -188,15 +267,24 @@ class Synthesizer(nn.Module):
     def _predict(self, flat: torch.Tensor) -> torch.Tensor:
         return self.net(flat) * self._unit()
 
+    def injection_scale(self) -> float:
+        """``factor`` times the gate ``clamp(tolerance * <p, d> / <p, p>, 0, 1)`` on recent targets
+        (``factor`` alone without the gate)."""
+        if not self.gate:
+            return self.factor
+        pd, pp, _ = self.fit.tolist()
+        return self.factor * (min(max(self.gate_tolerance * pd / pp, 0.0), 1.0) if pp > 0 else 0.0)
+
     @torch.no_grad()
     def synthetic_gradient(self, state: State) -> State:
-        """What is injected at a boundary: ``factor * centre(S(state))``; zeros if not finite."""
+        """What is injected at a boundary: ``factor * gate * centre(S(state))``; zeros if not finite."""
         self.check_state(state)
         self._follow(state)
+        scale = self.injection_scale()
         flat = self._predict(tg.flatten_state(tg.detach(state)))
         if self.centre:
             flat = tg.centre_over_batch(flat)
-        flat = flat * self.factor
+        flat = flat * scale
         if not bool(torch.isfinite(flat).all()):
             self.stats.nonfinite_predictions += 1
             warnings.warn("dni_dist: the synthesizer predicted NaN/Inf; injecting zeros instead", RuntimeWarning)
@@ -206,12 +294,15 @@ class Synthesizer(nn.Module):
     @torch.no_grad()
     def observe_targets(self, mean_square: float) -> None:
         """Fold the mean square of new targets into the running scale, keeping predictions
-        unchanged (the output layer is rescaled by old/new unit: PopArt's "preserving outputs")."""
-        if not self.normalize or not mean_square > 0:
+        unchanged (the output layer is rescaled by old/new unit: PopArt's "preserving outputs").
+        A non-finite or non-positive mean square is ignored: the scale never leaves (0, inf)."""
+        if not self.normalize or not math.isfinite(mean_square) or not mean_square > 0:
             return
         old = self._unit()
         ms = float(self.target_ms)
         new_ms = mean_square if ms == 0 else self.scale_decay * ms + (1 - self.scale_decay) * mean_square
+        if not math.isfinite(new_ms) or not new_ms > 0:
+            return
         self.target_ms.fill_(new_ms)
         ratio = old / self._unit()
         out = self.net[-1]
@@ -223,7 +314,7 @@ class Synthesizer(nn.Module):
         only initialises the scale, since a step taken in the wrong units overshoots."""
         return not self.normalize or float(self.target_ms) > 0
 
-    def accumulate(self, boundaries: list, targets: list) -> tuple[int, float]:
+    def accumulate(self, boundaries: list, targets: list) -> torch.Tensor:
         """Add the regression gradient of fresh predictions toward ``targets`` to ``.grad``.
 
         The prediction is recomputed now from the stored boundary state rather than reusing the
@@ -232,34 +323,72 @@ class Synthesizer(nn.Module):
         Non-finite targets are dropped and counted.
 
         Returns:
-            ``(n, sq)``: targets used and the sum of their mean squares (for
-            :meth:`observe_targets`). Nothing is back-propagated while the scale is not ready.
+            ``[n, sum of target mean squares, sum <p,d>, sum <p,p>, sum <d,d>]`` (float64): the
+            evidence :meth:`finish_update` needs. Sums over workers add up, so a distributed
+            engine all-reduces this vector with the gradients. ``p`` is the centred prediction
+            made before this update (out of sample), ``d`` the target, both in output units.
         """
-        loss, sq, n = None, 0.0, 0
+        loss, n = None, 0
+        evidence = torch.zeros(5, dtype=torch.float64)
         unit = self._unit()
+        ready = self.scale_ready()
         for state, target in zip(boundaries, targets):
-            if not tg.all_finite(target):
+            if not tg.all_finite(target) or not tg.all_finite(state):
                 self.stats.nonfinite_targets += 1
-                warnings.warn("dni_dist: a synthesizer target is NaN/Inf; it was dropped", RuntimeWarning)
+                warnings.warn("dni_dist: a synthesizer target or boundary state is NaN/Inf; it was dropped",
+                              RuntimeWarning)
                 continue
             tflat = tg.flatten_state(tg.detach(target))
-            sq += float(tflat.pow(2).mean())
             n += 1
-            if self.scale_ready():
+            evidence[1] += float(tflat.pow(2).mean())
+            if ready:
                 pred = self.net(tg.flatten_state(tg.detach(state)))
-                term = tg.regression_loss(pred, tflat / unit)
+                d = tflat / unit
+                term = tg.regression_loss(pred, d)
                 loss = term if loss is None else loss + term
+                with torch.no_grad():
+                    p = tg.centre_over_batch(pred) if self.centre else pred
+                    evidence[2] += float((p * d).mean())
+                    evidence[3] += float(p.pow(2).mean())
+                    evidence[4] += float(d.pow(2).mean())
+        evidence[0] = n
         if loss is not None:
             loss.backward()
             self.stats.last_loss = float(loss.detach()) * unit ** 2 / n
-            self.stats.last_target_energy = sq / n
+            self.stats.last_target_energy = float(evidence[1]) / n
         self.stats.targets += n
-        return n, sq
+        return evidence
+
+    def finish_update(self, evidence: torch.Tensor) -> None:
+        """Step on the accumulated gradient (when the scale is ready and every gradient is finite),
+        then fold the evidence into the running scale and the gate. The seed API and the engine
+        both end an update here; the engine passes the evidence summed over its workers."""
+        n, sq, pd, pp, dd = evidence.tolist()
+        if n > 0:
+            if self.scale_ready():
+                grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+                if all(bool(torch.isfinite(g).all()) for g in grads):
+                    self.apply_update()
+                else:
+                    self.stats.skipped_updates += 1
+                    warnings.warn("dni_dist: the synthesizer's gradient is NaN/Inf; update skipped", RuntimeWarning)
+                if math.isfinite(pd + pp + dd) and dd > 0:
+                    with torch.no_grad():
+                        new = torch.tensor([pd, pp, dd], dtype=self.fit.dtype, device=self.fit.device) / n
+                        self.fit.mul_(self.gate_decay).add_((1 - self.gate_decay) * new)
+                    self._report_fit()
+            self.observe_targets(sq / n)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _report_fit(self) -> None:
+        pd, pp, dd = self.fit.tolist()
+        self.stats.skill = (2 * pd - pp) / dd if dd > 0 else 0.0
+        self.stats.gate = self.injection_scale() / self.factor if self.factor else 0.0
 
     def apply_update(self) -> None:
         """One optimizer step of the synthesizer on its accumulated gradient, then clear it."""
         if self.clip is not None:
-            nn.utils.clip_grad_norm_(self.parameters(), self.clip)
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.stats.updates += 1
@@ -294,6 +423,16 @@ class Synthesizer(nn.Module):
                 raise ValueError(f"loss must be a scalar (0-dim) tensor; got {shape}: reduce it with .mean() or .sum()")
             if not loss.requires_grad:
                 raise ValueError("loss does not require grad: it must come from this chunk's forward pass")
+        if self._last_hn is not None and any(r() is t for r, t in zip(self._last_hn, parts)):
+            raise ValueError("backward_synthetic was called twice on the same state: the synthetic gradient "
+                             "would be injected twice. Call it once per chunk, on the state the RNN returned")
+        prev = self._pending[-1] if self._pending else None
+        if prev is not None and prev.call == self._calls:
+            if any(t.grad is not None for t in tg.as_tuple(prev.state)):
+                raise ValueError("backward_synthetic was called after this chunk's loss.backward(): the synthetic "
+                                 "gradient must be folded into the loss before it is back-propagated. Call "
+                                 "hn = synth.backward_synthetic(hn, loss) first, then loss.backward()")
+        self._last_hn = [weakref.ref(t) for t in parts]  # weak: never keeps a graph alive
         self._calls += 1
         self._resolve(upto=self._calls - 2)  # boundaries whose next chunk has been backpropagated
         if last:
@@ -335,13 +474,18 @@ class Synthesizer(nn.Module):
             bounds.append(p.state)
             tars.append(target)
         self.optimizer.zero_grad(set_to_none=True)
-        scale_was_ready = self.scale_ready()
-        n, sq = self.accumulate(bounds, tars)
-        if n and scale_was_ready:
-            self.apply_update()
-        if n:
-            self.observe_targets(sq / n)
+        self.finish_update(self.accumulate(bounds, tars))
 
     def reset(self) -> None:
         """Forget boundaries that are waiting for a target (e.g. between training and evaluation)."""
         self._pending.clear()
+        self._last_hn = None
+
+
+def _describe(state) -> str:
+    if torch.is_tensor(state):
+        return f"a Tensor of shape {tuple(state.shape)}"
+    if isinstance(state, (tuple, list)):
+        return f"a {type(state).__name__} of {len(state)}: (" + ", ".join(_describe(t) for t in state) + ")"
+    return type(state).__name__
+

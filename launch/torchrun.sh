@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# One worker per process on this machine (gloo on CPU; add --device cuda for NCCL, one GPU each).
+# One worker per process on this machine, rendezvous on loopback only (gloo on CPU; add
+# --device cuda for NCCL, one GPU each). The worker count is torchrun's world size.
 #   launch/torchrun.sh [K] [options...]      e.g. launch/torchrun.sh 2 --checkpoint-dir ck --checkpoint-every 50
+# Several machines: call torchrun yourself with --nnodes and --rdzv-endpoint HOST:PORT (README).
 set -euo pipefail
-K=${1:-2}; shift || true
-exec torchrun --standalone --nproc-per-node "$K" --max-restarts "${MAX_RESTARTS:-0}" -m dni_dist.train --workers "$K" "$@"
+K=2
+if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then K=$1; shift; fi
+PORT=${PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
+exec torchrun --nnodes 1 --nproc-per-node "$K" --rdzv-backend c10d --rdzv-endpoint "127.0.0.1:$PORT" \
+    --max-restarts "${MAX_RESTARTS:-0}" -m dni_dist.train "$@"

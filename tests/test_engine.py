@@ -1,5 +1,6 @@
-"""The engine: schedules as data, K=1 equals the seed-API loop, debug == torchrun == Ray."""
+"""The engine: schedules as data, K=1 equals hand-written loops, debug == torchrun == Ray."""
 import dataclasses
+import json
 import os
 import socket
 
@@ -7,16 +8,25 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import dni_dist
+from dni_dist import targets as tg
 from dni_dist.checkpoint import latest
 from dni_dist.config import Config
 from dni_dist.engine.schedule import Schedule
-from dni_dist.engine.worker import build, make_batch
-from dni_dist.loops import train_batch
+from dni_dist.fit import resolve_spec
 from dni_dist.runners import debug
 
+import user_spec
+
 SMALL = dict(steps=5, chunks=4, batch=4, hidden=8, progress=False, delay=3, truncation=3, synth_lr=1e-2)
+USER = dict(steps=5, chunks=user_spec.CHUNKS, truncation=user_spec.T, progress=False)
 
 
+def run_debug(cfg, spec=None):
+    return debug.run(cfg, spec or resolve_spec(cfg))[1]
+
+
+# ------------------------------------------------------------------ schedules as data
 @pytest.mark.parametrize("chunks,workers,batches", [(4, 1, 3), (4, 2, 3), (6, 3, 2), (8, 4, 5), (2, 2, 1)])
 def test_schedule_is_consistent(chunks, workers, batches):
     s = Schedule(chunks, workers, batches)
@@ -25,6 +35,19 @@ def test_schedule_is_consistent(chunks, workers, batches):
     busy = [sum(s.action(w, t) is not None for w in range(workers)) for t in range(s.ticks)]
     # steady state: every worker computes every tick
     assert max(busy) == workers or batches < workers
+
+
+@pytest.mark.parametrize("workers,groups", [(2, 2), (2, 3), (4, 4), (4, 2), (4, 1), (2, 1), (1, 1)])
+def test_stream_schedule_waits_only_when_groups_are_fewer_than_workers(workers, groups):
+    s = Schedule(8, workers, 12, stream_groups=groups)
+    s.check()  # a batch never starts before the batch it continues has left the last worker
+    free = Schedule(8, workers, 12)
+    if groups >= workers:
+        assert s.ticks == free.ticks  # the hand-off has slack: no stall
+    else:
+        assert s.ticks > free.ticks
+        per_batch = (s.starts[-1] - s.starts[groups]) / (len(s.starts) - 1 - groups)
+        assert per_batch == pytest.approx(s.block * workers / groups, rel=0.2)  # runs at G/K speed
 
 
 def test_schedule_table_prints_actions():
@@ -37,39 +60,85 @@ def test_schedule_rejects_bad_split():
         Schedule(5, 2, 1)
 
 
+# ------------------------------------------------------------------ K=1 equals hand-written loops
 @pytest.mark.parametrize("mode", ["dni", "tbptt"])
 def test_one_worker_equals_the_seed_api_loop(mode, tmp_path):
     cfg = Config(mode=mode, workers=1, checkpoint_dir=str(tmp_path), checkpoint_every=SMALL["steps"], **SMALL)
-    got = debug.run(cfg)["losses"]
-    model, synth, opt = build(cfg)
+    got = run_debug(cfg)["losses"]
+    spec = resolve_spec(cfg)
+    torch.manual_seed(cfg.seed)
+    model = spec.model()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr) if mode == "dni" else None
     want = []
     for b in range(cfg.steps):
-        _seed_loop(model, synth, opt, *make_batch(cfg, b), cfg, want)
+        x, y, m = spec.batch(b)
+        state = None
+        for c in range(cfg.chunks):
+            sl = slice(c * cfg.truncation, (c + 1) * cfg.truncation)
+            out, state = model(x[:, sl], state)
+            loss = spec.loss(out, y[:, sl], m[:, sl])
+            if mode == "dni":  # the README's three lines
+                state = synth.backward_synthetic(state, loss, last=c == cfg.chunks - 1)
+            else:
+                state = tg.detach(state)
+            want.append(float(loss.detach()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if mode == "dni":
+            synth.step()
     assert got == want  # bitwise
     _, state = latest(str(tmp_path))
     for k, v in model.state_dict().items():
         assert torch.equal(state["worker"]["model"][k], v), k
 
 
-def _seed_loop(model, synth, opt, x, y, m, cfg, out):
-    """The README's loop with its three added lines (Synthesizer, backward_synthetic, step)."""
-    from dni_dist import targets as tg
-    state = model.initial_state(x.shape[0])
-    for c in range(cfg.chunks):
-        sl = slice(c * cfg.truncation, (c + 1) * cfg.truncation)
-        loss, state = model.chunk_loss(x[:, sl], y[:, sl], m[:, sl], state)
-        if cfg.mode == "dni":
-            state = synth.backward_synthetic(state, loss, last=c == cfg.chunks - 1)
-        else:
-            state = tg.detach(state)
-        out.append(float(loss.detach()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    if cfg.mode == "dni":
-        synth.step()
+@pytest.mark.parametrize("spec_name", ["spec", "stream_spec"])
+def test_one_worker_tbptt_equals_a_hand_written_stateful_loop(spec_name):
+    """A user's GRU + SGD spec; with streams (G=2) batch i starts where batch i-2 ended."""
+    spec = getattr(user_spec, spec_name)
+    cfg = Config(mode="tbptt", workers=1, **USER)
+    model = dni_dist.fit(spec, cfg).model
+    torch.manual_seed(cfg.seed)
+    ref = spec.model()
+    opt = spec.optimizer(list(ref.parameters()))
+    ends = {}
+    for b in range(cfg.steps):
+        x, y = spec.batch(b)
+        state = ends.pop(b - spec.stream_groups, None) if spec.stream_groups else None
+        for c in range(cfg.chunks):
+            sl = slice(c * cfg.truncation, (c + 1) * cfg.truncation)
+            out, state = ref(x[:, sl], None if state is None else state.detach())
+            loss = spec.loss(out, y[:, sl], None)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ends[b] = state.detach()
+    for (k, v), w in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-7, msg=k)
+    if spec.stream_groups:  # the streams really carried: a loop that restarts every batch differs
+        plain = dni_dist.fit(user_spec.spec, cfg).model
+        assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
 
 
+def test_fit_returns_the_trained_model_and_save_round_trips(tmp_path):
+    path = tmp_path / "model.pt"
+    result = dni_dist.fit(user_spec.spec, Config(workers=2, save=str(path), **USER))
+    assert isinstance(result.model, user_spec.Regressor)
+    saved = torch.load(path, weights_only=True)
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    untrained = user_spec.build()
+    assert any(not torch.equal(saved[k], v) for k, v in untrained.state_dict().items())
+    assert result.metrics["evals"][-1]["batch"] == USER["steps"]
+    x, y = user_spec.get_batch(10_000)
+    with torch.no_grad():
+        mse = float(user_spec.loss_fn(result.model(x, None)[0], y, None))
+    assert result.metrics["evals"][-1]["mse"] == pytest.approx(mse, rel=1e-6)
+
+
+# ------------------------------------------------------------------ distributed == debug
 def _free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -78,93 +147,143 @@ def _free_port():
     return port
 
 
-def _spawned_rank(rank, world, port, cfg, out_dir):
-    import json
-
+def _spawned_rank(rank, world, port, cfg, spec, out_dir):
     import torch.distributed as dist
 
     from dni_dist.runners.distributed import run_rank
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        m = run_rank(cfg, rank, world)
+        model, m = run_rank(cfg, spec or resolve_spec(cfg), rank, world)
     finally:
         dist.destroy_process_group()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(m["losses"], f)
+    torch.save({"losses": m["losses"], "model": model.state_dict(), "skipped": m["skipped_chunks"]},
+               os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def run_spawned(cfg, out_dir):
-    """K gloo processes (torch.multiprocessing spawn), bounded by a timeout."""
-    import json
-    ctx = mp.start_processes(_spawned_rank, args=(cfg.workers, _free_port(), cfg, str(out_dir)),
+def run_spawned(cfg, out_dir, spec=None):
+    """K gloo processes (torch.multiprocessing spawn), bounded by a timeout; rank results."""
+    ctx = mp.start_processes(_spawned_rank, args=(cfg.workers, _free_port(), cfg, spec, str(out_dir)),
                              nprocs=cfg.workers, join=False, start_method="spawn")
     while not ctx.join(timeout=120):
         pass
-    return [json.load(open(os.path.join(out_dir, f"rank{r}.json"))) for r in range(cfg.workers)]
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(cfg.workers)]
 
 
-def _final_model(directory):
-    return latest(str(directory))[1]["worker"]
+def _same_weights(a: dict, b: dict, exact=True):
+    for k, v in a.items():
+        if exact:
+            assert torch.equal(v, b[k]), k
+        else:
+            torch.testing.assert_close(b[k], v, rtol=1e-6, atol=1e-7, msg=k)
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("mode,sync", [("dni", "exact"), ("tbptt", "exact"), ("dni", "overlap")])
 def test_torch_distributed_matches_debug_bitwise(mode, sync, tmp_path):
-    base = Config(mode=mode, sync=sync, workers=2, checkpoint_every=SMALL["steps"], checkpoint_dir="unset", **SMALL)
-    ref_dir, dist_dir = tmp_path / "debug", tmp_path / "dist"
-    ref = debug.run(dataclasses.replace(base, checkpoint_dir=str(ref_dir)))
-    losses = run_spawned(dataclasses.replace(base, backend="torch", checkpoint_dir=str(dist_dir)), tmp_path)
-    assert losses[0] == losses[1] == ref["losses"]
-    a, b = _final_model(ref_dir), _final_model(dist_dir)
-    for part in ("model", "synth"):
-        for k, v in a[part].items():
-            assert torch.equal(v, b[part][k]), (part, k)
+    cfg = Config(mode=mode, sync=sync, workers=2, **SMALL)
+    model, ref = debug.run(cfg, resolve_spec(cfg))
+    got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path)
+    assert got[0]["losses"] == got[1]["losses"] == ref["losses"]
+    _same_weights(model.state_dict(), got[0]["model"])
+    _same_weights(model.state_dict(), got[1]["model"])
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("spec_name,mode", [("spec", "dni"), ("spec", "tbptt"), ("stream_spec", "dni")])
+def test_user_spec_torchrun_matches_debug(spec_name, mode, tmp_path):
+    """A model, data, loss and optimizer from a user's module (GRU + SGD), K=2; with streams too."""
+    spec = getattr(user_spec, spec_name)
+    cfg = Config(mode=mode, workers=2, **USER)
+    model, ref = debug.run(cfg, spec)
+    got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path, spec)
+    torch.testing.assert_close(torch.tensor(got[0]["losses"]), torch.tensor(ref["losses"]), rtol=1e-6, atol=0)
+    _same_weights(model.state_dict(), got[0]["model"], exact=False)
 
 
 @pytest.mark.timeout(240)
 def test_four_workers_match_debug(tmp_path):
     """K=4: gloo's all-reduce may add in another order than rank order: equal to 1e-6 relative."""
-    base = Config(workers=4, checkpoint_every=3, checkpoint_dir="unset", **{**SMALL, "steps": 3})
-    ref = debug.run(dataclasses.replace(base, checkpoint_dir=str(tmp_path / "debug")))
-    losses = run_spawned(dataclasses.replace(base, backend="torch", checkpoint_dir=str(tmp_path / "dist")), tmp_path)
-    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(ref["losses"]), rtol=1e-6, atol=1e-7)
-    a, b = _final_model(tmp_path / "debug"), _final_model(tmp_path / "dist")
-    for k, v in a["model"].items():
-        torch.testing.assert_close(b["model"][k], v, rtol=1e-6, atol=1e-7)
+    cfg = Config(workers=4, **{**SMALL, "steps": 3})
+    model, ref = debug.run(cfg, resolve_spec(cfg))
+    got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path)
+    torch.testing.assert_close(torch.tensor(got[0]["losses"]), torch.tensor(ref["losses"]), rtol=1e-6, atol=1e-7)
+    _same_weights(model.state_dict(), got[0]["model"], exact=False)
 
 
 @pytest.mark.timeout(300)
-def test_ray_matches_debug_bitwise(tmp_path):
+def test_ray_matches_debug_for_a_user_spec():
     pytest.importorskip("ray")
-    from dni_dist.runners import ray_actors
-    base = Config(workers=2, checkpoint_every=SMALL["steps"], checkpoint_dir="unset", **SMALL)
-    ref = debug.run(dataclasses.replace(base, checkpoint_dir=str(tmp_path / "debug")))
-    got = ray_actors.run(dataclasses.replace(base, backend="ray", checkpoint_dir=str(tmp_path / "ray")))
-    assert got["losses"] == ref["losses"]
-    a, b = _final_model(tmp_path / "debug"), _final_model(tmp_path / "ray")
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
+    for mode in ("dni", "tbptt"):
+        cfg = Config(mode=mode, workers=2, **USER)
+        model, ref = debug.run(cfg, user_spec.spec)
+        got = dni_dist.fit(user_spec.spec, dataclasses.replace(cfg, backend="ray"))
+        torch.testing.assert_close(torch.tensor(got.metrics["losses"]), torch.tensor(ref["losses"]), rtol=1e-6,
+                                   atol=0)
+        _same_weights(model.state_dict(), got.model.state_dict(), exact=False)
 
 
-def test_overlap_is_one_step_stale_not_broken():
-    """Overlap applies every gradient one tick late: as many steps, the same first tick (initial
-    weights in both), different numbers after."""
-    exact = debug.run(Config(**SMALL, workers=2))["losses"]
-    late = debug.run(Config(**SMALL, workers=2, sync="overlap"))["losses"]
-    assert len(late) == len(exact)
-    assert late[0] == exact[0]
-    assert late != exact
+def test_overlap_applies_every_gradient_one_step_late():
+    """Against a hand-written loop whose every update applies the previous chunk's gradient (a run
+    that applied zeros, or the current gradient, would differ)."""
+    spec = user_spec.stream_spec
+    cfg = Config(mode="tbptt", workers=1, sync="overlap", **USER)
+    model = dni_dist.fit(spec, cfg).model
+    torch.manual_seed(cfg.seed)
+    ref = spec.model()
+    params = list(ref.parameters())
+    opt = spec.optimizer(params)
+    ends, pending = {}, None
+    for b in range(cfg.steps):
+        x, y = spec.batch(b)
+        state = ends.pop(b - spec.stream_groups, None)
+        for c in range(cfg.chunks):
+            sl = slice(c * cfg.truncation, (c + 1) * cfg.truncation)
+            out, state = ref(x[:, sl], None if state is None else state.detach())
+            grads = torch.autograd.grad(spec.loss(out, y[:, sl], None), params)
+            if pending is not None:
+                for p, g in zip(params, pending):
+                    p.grad = g
+                opt.step()
+            pending = grads
+        ends[b] = state.detach()
+    for p, g in zip(params, pending):
+        p.grad = g
+    opt.step()
+    for (k, v), w in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-7, msg=k)
 
 
 def test_entry_point_writes_json_and_csv(tmp_path):
-    import json
-
     from dni_dist.train import main
     args = ["--workers", "2", "--chunks", "4", "--steps", "3", "--batch", "4", "--hidden", "8", "--no-progress",
             "--metrics-json", str(tmp_path / "m.json"), "--metrics-csv", str(tmp_path / "m.csv")]
     assert main(args) == 0
     m = json.load(open(tmp_path / "m.json"))
-    assert {"losses", "tokens_per_s", "peak_rss_mb", "config"} <= set(m)
+    assert {"losses", "tokens_per_s", "peak_rss_mb", "config", "startup_s", "evals"} <= set(m)
     rows = (tmp_path / "m.csv").read_text().splitlines()
-    assert rows[0] == "step,loss" and len(rows) == len(m["losses"]) + 1
+    assert rows[0] == "step,batch,loss,tokens_per_s,skill,gate" and len(rows) == len(m["losses"]) + 1
+
+
+@pytest.mark.timeout(300)
+def test_ray_fails_fast_when_the_actors_cannot_import_the_spec():
+    pytest.importorskip("ray")
+    import time
+
+    from dni_dist.runners import ray_actors
+    cfg = Config(workers=2, backend="ray", spec="no_such_module_anywhere:spec", **USER)
+    t0 = time.time()
+    with pytest.raises(ray_actors.SpecUnavailable, match="no_such_module_anywhere"):
+        ray_actors.run(cfg)
+    assert time.time() - t0 < 200
+
+
+@pytest.mark.timeout(300)
+def test_ray_run_longer_than_four_timeouts_completes():
+    """The supervisor does not bound a healthy run: 60 batches of a 0.2 s data source with
+    --timeout-s 2 last over 12 s, longer than 4 x 2 s (the old supervisor's limit)."""
+    pytest.importorskip("ray")
+    cfg = Config(workers=2, backend="ray", timeout_s=2.0, **{**USER, "steps": 60})
+    got = dni_dist.fit(user_spec.slow_spec, cfg)
+    assert got.metrics["wall_s"] > 4 * cfg.timeout_s
+    assert len(got.metrics["losses"]) == (60 + 1) * 2  # (batches + K - 1) * block ticks

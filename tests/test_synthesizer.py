@@ -37,7 +37,7 @@ def test_fresh_synthesizer_is_exactly_tbptt(kind, layers):
 
 
 def _random_synth(rnn, **kw):
-    synth = Synthesizer.for_rnn(rnn, lr=0.0, normalize=False, **kw)
+    synth = Synthesizer.for_rnn(rnn, lr=0.0, normalize=False, gate=False, **kw)
     torch.manual_seed(1)
     with torch.no_grad():
         for p in synth.parameters():
@@ -113,16 +113,27 @@ def test_no_gradient_counted_twice_in_either_call_form():
 
 
 def test_loss_value_unchanged_and_zero_grad_cannot_drop_the_synthetic_gradient():
+    """Compared with references: the gradient after zero_grad is loss + J^T g, not the loss alone."""
     rnn = _rnn("gru")
     synth = _random_synth(rnn)
-    out, h = rnn(torch.randn(3, 4, 3), None)
+    x = torch.randn(3, 4, 3)
+    out, h = rnn(x, None)
     loss = out.sum()
     before = loss.item()
     synth.backward_synthetic(h, loss)
     assert loss.item() == before
     rnn.zero_grad()  # the usage trap of the seed: harmless here, the gradient rides on loss
     loss.backward()
-    assert rnn.weight_hh_l0.grad.abs().sum() > 0
+    got = rnn.weight_hh_l0.grad.clone()
+    rnn.zero_grad()
+    out, h = rnn(x, None)
+    g = synth.synthetic_gradient(h)
+    torch.autograd.backward([out.sum(), h], [None, g])
+    torch.testing.assert_close(got, rnn.weight_hh_l0.grad)
+    rnn.zero_grad()
+    out, _ = rnn(x, None)
+    out.sum().backward()
+    assert not torch.allclose(got, rnn.weight_hh_l0.grad)  # the loss alone differs
 
 
 def test_learns_a_deterministic_future_gradient():

@@ -2,21 +2,30 @@
 
 A sequence of ``chunks`` chunks is cut into ``workers`` contiguous blocks of
 ``M = chunks // workers`` chunks; worker k owns chunks ``k*M .. (k+1)*M - 1`` of every batch.
-Batches are pipelined: worker k runs batch ``b`` at ticks ``(b + k) * M .. (b + k + 1) * M - 1``,
-so in steady state every worker computes every tick, worker k one block behind worker k-1.
+Batch b starts at tick ``start(b)`` on worker 0 and reaches worker k ``k*M`` ticks later, so in
+steady state every worker computes every tick, worker k one block behind worker k-1.
 Contiguous blocks (rather than chunk c on worker c mod K) keep one boundary per block crossing
 workers, and a round-robin assignment would put two chunks on one worker in the same tick.
+
+Streams (``stream_groups = G >= 1``): batch b continues batch b - G's streams, so batch b cannot
+start before batch b - G has left the last worker. ``start(b) = max(start(b-1) + M,
+end(b-G) + 1)``: with G >= K that is ``b*M`` (no stall: the hand-off has slack); with G < K every
+batch waits and the pipeline runs at G/K of its speed.
 
 Messages (one tick = one chunk per worker, then one all-reduce):
 - ``state``: the last chunk of a block sends its final state forward at once, before its own
   backward; the next worker uses it one tick later.
-- ``delta``: the first chunk of a block (k > 0) sends the gradient at its start state back; the
-  previous worker uses it as the target of the prediction it made there, in the same tick's
-  synthesizer update (before the all-reduce that ends the tick).
+- ``carry`` (streams): the last worker sends a batch's final state to worker 0, which receives
+  it the tick after (or when the segment drains) and starts batch b + G from it.
+- ``delta``: the first chunk of a block (k > 0), and with streams the first chunk of a batch
+  that continues one of this segment, sends the gradient at its start state back; the owner of
+  that boundary uses it as the target of its prediction there, in the same tick's synthesizer
+  update (before the all-reduce that ends the tick).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -32,12 +41,25 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Receive:
+    """At this point of a tick, expect ``kind`` for boundary (batch, chunk) from worker ``src``."""
+    src: int
+    kind: str      # "state", "carry" or "delta"
+    batch: int
+    chunk: int     # the chunk whose END is the boundary
+
+
+@dataclass(frozen=True)
 class Schedule:
     chunks: int
     workers: int
     batches: int
     first_batch: int = 0
     """batch number of the schedule's first batch (a run resumed from a checkpoint starts later)."""
+    stream_groups: int = 0
+    deltas: bool = True
+    """whether chunks send the gradient of their start state back (DNI mode)."""
+    starts: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.workers < 1:
@@ -47,6 +69,14 @@ class Schedule:
                              f"workers ({self.workers}): each worker owns a contiguous block of chunks")
         if self.batches < 1:
             raise ValueError(f"batches must be >= 1; got {self.batches}")
+        m, k, g = self.block, self.workers, self.stream_groups
+        starts: list[int] = []
+        for i in range(self.batches):
+            s = starts[-1] + m if starts else 0
+            if g and i - g >= 0:
+                s = max(s, starts[i - g] + k * m)  # batch i - G has left the last worker
+            starts.append(s)
+        object.__setattr__(self, "starts", tuple(starts))
 
     @property
     def block(self) -> int:
@@ -54,20 +84,34 @@ class Schedule:
 
     @property
     def ticks(self) -> int:
-        return (self.batches + self.workers - 1) * self.block
+        return self.starts[-1] + self.workers * self.block
+
+    @property
+    def last(self) -> int:
+        return self.first_batch + self.batches - 1
+
+    def start(self, batch: int) -> int:
+        return self.starts[batch - self.first_batch]
+
+    def end(self, batch: int) -> int:
+        """Tick at which the last worker runs the batch's last chunk."""
+        return self.start(batch) + self.workers * self.block - 1
+
+    def done_by(self, tick: int) -> int:
+        """How many of the schedule's batches have left the last worker after ``tick``."""
+        return bisect.bisect_right(self.starts, tick - self.workers * self.block + 1)
 
     def action(self, worker: int, tick: int) -> Action | None:
         j = tick - worker * self.block
-        if j < 0:
+        i = bisect.bisect_right(self.starts, j) - 1
+        if i < 0 or j - self.starts[i] >= self.block:
             return None
-        batch = j // self.block
-        if batch >= self.batches:
-            return None
-        return Action(tick, worker, self.first_batch + batch, worker * self.block + j % self.block)
+        return Action(tick, worker, self.first_batch + i, worker * self.block + j - self.starts[i])
 
     def owner(self, chunk: int) -> int:
         return chunk // self.block
 
+    # ---------------------------------------------------------------- what each chunk does
     def sends_state(self, a: Action) -> bool:
         """The chunk's final state goes to the next worker."""
         return a.chunk % self.block == self.block - 1 and a.chunk < self.chunks - 1
@@ -75,17 +119,71 @@ class Schedule:
     def receives_state(self, a: Action) -> bool:
         return a.chunk % self.block == 0 and a.chunk > 0
 
-    def sends_delta(self, a: Action) -> bool:
-        """The gradient at the chunk's start goes back to the previous worker."""
-        return self.receives_state(a)
-
-    def delta_from(self, worker: int, tick: int) -> Action | None:
-        """The downstream action whose delta ``worker`` receives at ``tick`` (or None)."""
-        if worker + 1 >= self.workers:
+    def continues(self, a: Action) -> int | None:
+        """The batch whose final state chunk 0 of ``a.batch`` starts from (streams), or None."""
+        if a.chunk != 0 or not self.stream_groups or a.batch - self.stream_groups < 0:
             return None
-        a = self.action(worker + 1, tick)
-        return a if a is not None and self.sends_delta(a) else None
+        return a.batch - self.stream_groups
 
+    def needs_delta(self, a: Action) -> bool:
+        """The chunk computes the gradient of its start state (someone holds that boundary)."""
+        if not self.deltas:
+            return False
+        if a.chunk > 0:
+            return True
+        prev = self.continues(a)
+        return prev is not None and prev >= self.first_batch  # held since this segment began
+
+    def keeps_boundary(self, a: Action) -> bool:
+        """The chunk's end is a boundary whose target will arrive within this segment."""
+        if not self.deltas:
+            return False
+        if a.chunk < self.chunks - 1:
+            return True
+        return bool(self.stream_groups) and a.batch + self.stream_groups <= self.last
+
+    def delta_to(self, a: Action) -> int:
+        """The worker that holds the boundary at ``a``'s start."""
+        return self.workers - 1 if a.chunk == 0 else self.owner(a.chunk - 1)
+
+    # ---------------------------------------------------------------- receives, per worker and tick
+    def receives_before(self, worker: int, tick: int) -> list[Receive]:
+        """What ``worker`` receives before its forward at ``tick``."""
+        out = []
+        a = self.action(worker, tick)
+        if a is not None and self.receives_state(a):
+            out.append(Receive(worker - 1, "state", a.batch, a.chunk - 1))
+        if worker == 0 and self.workers > 1 and self.stream_groups:
+            done = self._ended_at(tick - 1)
+            if done is not None:
+                out.append(Receive(self.workers - 1, "carry", done, self.chunks - 1))
+        return out
+
+    def receives_after(self, worker: int, tick: int) -> list[Receive]:
+        """The deltas ``worker`` receives after its backward at ``tick`` (sent in the same tick)."""
+        out = []
+        for w in range(self.workers):
+            if w == worker:
+                continue  # a worker's own deltas never travel
+            a = self.action(w, tick)
+            if a is not None and self.needs_delta(a) and self.delta_to(a) == worker:
+                out.append(Receive(w, "delta", a.batch if a.chunk else self.continues(a),
+                                   a.chunk - 1 if a.chunk else self.chunks - 1))
+        return out
+
+    def receives_at_drain(self, worker: int) -> list[Receive]:
+        """The carry the last tick sent, received after it (the segment ends with none in flight)."""
+        if worker == 0 and self.workers > 1 and self.stream_groups:
+            return [Receive(self.workers - 1, "carry", self.last, self.chunks - 1)]
+        return []
+
+    def _ended_at(self, tick: int) -> int | None:
+        i = bisect.bisect_left(self.starts, tick - self.workers * self.block + 1)
+        if i < len(self.starts) and self.starts[i] + self.workers * self.block - 1 == tick:
+            return self.first_batch + i
+        return None
+
+    # ---------------------------------------------------------------- inspection
     def table(self) -> str:
         """The schedule as text: one row per worker, one column per tick."""
         rows = []
@@ -95,8 +193,9 @@ class Schedule:
         return "\n".join(rows)
 
     def check(self) -> None:
-        """Dry-run the message pattern: every send has a matching receive one tick later (states)
-        or in the same tick (deltas), and every chunk of every batch runs once, in order."""
+        """Dry-run the message pattern: every chunk of every batch runs once, in order; every state
+        comes from the chunk before it one tick earlier; a batch that continues a stream starts
+        after that stream's previous batch ended."""
         seen = {}
         for t in range(self.ticks):
             for w in range(self.workers):
@@ -108,10 +207,13 @@ class Schedule:
                     raise AssertionError(f"{a} runs chunk {key} twice")
                 if a.chunk > 0 and seen.get((a.batch, a.chunk - 1), t) >= t:
                     raise AssertionError(f"{a} runs before chunk {a.chunk - 1} of batch {a.batch}")
+                prev = self.continues(a)
+                if prev is not None and prev >= self.first_batch and seen.get((prev, self.chunks - 1), t) >= t:
+                    raise AssertionError(f"{a} continues batch {prev} before that batch ended")
                 seen[key] = t
                 if self.receives_state(a):
-                    prev = self.action(w - 1, t - 1)
-                    if prev is None or (prev.batch, prev.chunk) != (a.batch, a.chunk - 1) or not self.sends_state(prev):
+                    p = self.action(w - 1, t - 1)
+                    if p is None or (p.batch, p.chunk) != (a.batch, a.chunk - 1) or not self.sends_state(p):
                         raise AssertionError(f"{a} expects a state from worker {w - 1} at tick {t - 1}")
         if len(seen) != self.chunks * self.batches or min(b for b, _ in seen) != self.first_batch:
             raise AssertionError(f"{len(seen)} chunks ran; expected {self.chunks * self.batches}")

@@ -1,212 +1,283 @@
-"""A worker: one replica of the model that runs its chunks of the schedule.
+"""A worker: one replica of the user's model that runs its chunks of the schedule.
 
-It never calls torch.distributed or Ray. A runner feeds it what arrived, sends what it returns,
-and reduces its gradient buffer with the other workers' (all-reduce, or a sum in debug mode).
-Per tick: ``forward`` (returns the state to send on at once), ``backward`` (returns delta to
-send back), ``absorb`` (deltas that arrived), ``grad_buffer`` -> reduce -> ``apply``.
+It never calls torch.distributed or Ray, and knows no task or model class: everything comes from
+a :class:`dni_dist.Spec`. The tick loop (:mod:`dni_dist.engine.loop`) feeds it what arrived,
+sends what it returns, and reduces its gradient buffer with the other workers'. Per tick:
+``forward`` and ``backward`` (each returns the messages to send), ``receive`` (what arrived),
+``grad_buffer`` -> all-reduce -> ``apply``.
 """
 from __future__ import annotations
 
-import os
-import signal
+import collections
+import json
+from dataclasses import dataclass
 
 import torch
 
 from .. import targets as tg
 from ..chunk import ChunkGraph, chunk_backward, chunk_forward
 from ..config import Config
-from ..model import SeqModel
+from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
-from ..tasks import copy_batch, delayed_recall_batch, pad_to_multiple
 from .schedule import Action, Schedule
 
-EXTRA = 4  # scalars appended to the gradient buffer: targets, target square sum, loss sum, chunks run
+EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate)
+EXTRA = EVIDENCE + 3  # + loss sum, chunks run, chunks skipped: scalars appended to the gradient buffer
 
 
-class WorkerFailure(RuntimeError):
-    """Raised on purpose by the ``fail_at`` testing aid."""
+class DivergenceError(RuntimeError):
+    """Too many chunks in a recent window had a non-finite loss or gradient."""
 
 
-def make_batch(cfg: Config, batch: int):
-    """Batch ``batch`` of the task, the same on every worker (seeded by (seed, batch))."""
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch)
-    if cfg.task == "recall":
-        return delayed_recall_batch(cfg.batch, cfg.length, cfg.delay, gen)
-    x, y, m = copy_batch(cfg.batch, cfg.copy_len, gen)
-    return pad_to_multiple(x, y, m, cfg.length)
-
-
-def build(cfg: Config, device: torch.device | str = "cpu"):
-    """Model, synthesizer and optimizer, identical on every worker for a given seed."""
-    torch.manual_seed(cfg.seed)
-    if cfg.task == "recall":
-        model = SeqModel(1, cfg.hidden, 1, num_layers=cfg.layers)
-    else:
-        model = SeqModel(9, cfg.hidden, 8, num_layers=cfg.layers)
-    model.to(device)
-    synth = Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, factor=cfg.factor, discount=cfg.discount).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return model, synth, opt
+@dataclass(frozen=True)
+class Send:
+    """A message the loop must send: ``kind`` for boundary (batch, chunk) to worker ``dst``."""
+    dst: int
+    kind: str
+    batch: int
+    chunk: int
+    state: object
 
 
 class Worker:
-    def __init__(self, cfg: Config, rank: int, schedule: Schedule | None = None):
-        self.cfg, self.rank, self.schedule = cfg, rank, schedule
+    """One replica. ``position`` is its place in the pipeline (0 for a data-parallel replica,
+    whose ``rows`` select its share of every batch)."""
+
+    def __init__(self, spec: Spec, cfg: Config, position: int, share: tuple[int, int] = (0, 1)):
+        self.spec, self.cfg, self.position, self.share = spec, cfg, position, share
+        self.batch_size = 0  # sequences per batch (all replicas together), known from the first batch
         self.device = torch.device(cfg.device)
-        # data-parallel baseline: this worker's rows of every batch; the pipeline uses all rows
-        self.data_parallel = cfg.parallel == "data"
-        self.local_batch = cfg.batch // cfg.workers if self.data_parallel else cfg.batch
-        self.rows = slice(rank * self.local_batch, (rank + 1) * self.local_batch) if self.data_parallel else slice(None)
-        self.model, self.synth, self.opt = build(cfg, self.device)
-        self.params = list(self.model.parameters())
-        self.sparams = list(self.synth.parameters())
+        self.dni = cfg.mode == "dni"
+        torch.manual_seed(cfg.seed)
+        self.model = spec.model().to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = spec.optimizer(self.params) if spec.optimizer else torch.optim.Adam(self.params, lr=cfg.lr)
         self._batch_cache: dict[int, tuple] = {}
+        self.like = self._probe_state()
+        self.synth = None
+        if self.dni:
+            opts = {"lr": cfg.synth_lr, "factor": cfg.factor, "discount": cfg.discount, **spec.synthesizer,
+                    **(json.loads(cfg.synth_options) if cfg.synth_options else {})}
+            self.synth = Synthesizer.for_state(self.like, **opts)
+        self.sparams = list(self.synth.parameters()) if self.synth is not None else []
+        self.schedule: Schedule | None = None
         self._graph: ChunkGraph | None = None
+        self._action: Action | None = None
         self._carry = None             # state handed from this worker's previous chunk
-        self._boundaries: dict = {}    # (batch, chunk) -> state at the end of that chunk
+        self._received: dict = {}      # (kind, batch, chunk) -> state that arrived for a coming chunk
+        self._boundaries: dict = {}    # (batch, chunk) -> state at the end of that chunk (awaits a target)
         self._targets: list = []       # (boundary state, target) collected this tick
-        self._loss = 0.0
-        self._ran = 0
+        self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
+        self._loss, self._ran, self._skipped = 0.0, 0, 0
         self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
-        self.skipped = 0               # chunks with a non-finite loss
+        self.skipped = 0               # chunks with a non-finite loss or gradient, over all workers
+        self.stream_resets = 0         # stream states dropped for being non-finite
+        self.timers = None             # seconds per tick phase (set by the runner)
+        self._recent = collections.deque(maxlen=cfg.divergence_window)  # (chunks run, skipped) per tick
+
+    def _probe_state(self):
+        """The form of a boundary state (for receive buffers and sizing the synthesizer), from one
+        forward of the first chunk under no_grad; the RNG and the model's mode are restored."""
+        x, _, _ = self._chunk_data(0, 0)
+        rng = torch.get_rng_state()
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                got = self.model(x, None)
+        finally:
+            self.model.train(training)
+            torch.set_rng_state(rng)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise TypeError("the spec's model must return (out, state) from forward(x, state); got "
+                            f"{type(got).__name__}")
+        state = got[1]
+        parts = tg.as_tuple(state)
+        if not parts or not all(torch.is_tensor(t) and t.is_floating_point() for t in parts):
+            raise TypeError("the spec's model returned a state that is not a tensor or a tuple of floating-point "
+                            "tensors (as nn.LSTM's (h, c) or nn.GRU's h)")
+        return tg.like([torch.zeros_like(t) for t in parts], state)
 
     def begin(self, schedule: Schedule) -> None:
         """Start a segment (the pipeline is empty between segments: nothing is in flight)."""
         self.schedule = schedule
         self._boundaries.clear()  # left only by chunks skipped for a non-finite loss
+        self._received.clear()
 
     # ---------------------------------------------------------------- data
-    def _chunk_data(self, a: Action):
-        if a.batch not in self._batch_cache:
-            self._batch_cache = {k: v for k, v in self._batch_cache.items() if k >= a.batch - 1}
-            self._batch_cache[a.batch] = tuple(t.to(self.device) for t in make_batch(self.cfg, a.batch))
-        x, y, m = self._batch_cache[a.batch]
-        sl = slice(a.chunk * self.cfg.truncation, (a.chunk + 1) * self.cfg.truncation)
-        return x[self.rows, sl], y[self.rows, sl], m[self.rows, sl]
-
-    def state_like(self):
-        """Shapes of a boundary state (for pre-allocated receive buffers)."""
-        return self.model.initial_state(self.local_batch, device=self.device)
+    def _chunk_data(self, batch: int, chunk: int):
+        if batch not in self._batch_cache:
+            self._batch_cache = {k: v for k, v in self._batch_cache.items() if k >= batch - 1}
+            x, y, m = split_batch(self.spec, batch, self.cfg.length)
+            self.batch_size = x.shape[0]
+            index, count = self.share
+            if x.shape[0] % count:
+                raise ValueError(f"parallel='data' splits every batch over {count} workers, but batch {batch} has "
+                                 f"{x.shape[0]} sequences (not a multiple of {count})")
+            per = x.shape[0] // count
+            rows = slice(index * per, (index + 1) * per)
+            self._batch_cache[batch] = tuple(None if t is None else t[rows].to(self.device) for t in (x, y, m))
+        x, y, m = self._batch_cache[batch]
+        sl = slice(chunk * self.cfg.truncation, (chunk + 1) * self.cfg.truncation)
+        return x[:, sl], y[:, sl], None if m is None else m[:, sl]
 
     # ---------------------------------------------------------------- one tick
-    def forward(self, a: Action | None, received=None):
-        """Run the chunk's forward pass. Returns the final state to send on, or None."""
+    def idle(self) -> None:
+        """Clear this tick's gradients and targets (also the start of every tick)."""
         self.opt.zero_grad(set_to_none=False)
-        self.synth.optimizer.zero_grad(set_to_none=False)
-        self._loss, self._ran, self._targets = 0.0, 0, []
+        if self.synth is not None:
+            self.synth.optimizer.zero_grad(set_to_none=False)
+        self._loss, self._ran, self._skipped, self._targets = 0.0, 0, 0, []
+
+    def forward(self, a: Action | None, poison: bool = False) -> list[Send]:
+        """Run the chunk's forward pass; returns the states to send on at once."""
+        self.idle()
+        self._action, self._graph = a, None
         if a is None:
-            self._graph = None
-            return None
-        poison = self._maybe_fail(a)
-        if a.chunk == 0:
-            start = self.model.initial_state(self.local_batch, device=self.device)
-        elif self.schedule.receives_state(a):
-            if received is None:
-                raise RuntimeError(f"worker {self.rank}: {a} needs the state from worker {self.rank - 1}")
-            start = received
+            return []
+        s = self.schedule
+        if s.receives_state(a):
+            start = self._received.pop(("state", a.batch, a.chunk - 1))
+        elif a.chunk == 0:
+            prev = s.continues(a)
+            start = None if prev is None else self.streams.pop(prev, None)
+            if start is not None and not tg.all_finite(start):
+                start, self.stream_resets = None, self.stream_resets + 1
         else:
             start = self._carry
-        x, y, m = self._chunk_data(a)
+        x, y, m = self._chunk_data(a.batch, a.chunk)
         if poison:
             x = x * float("nan")
-        self._graph = chunk_forward(self.model, start, x, y, m, need_delta=(self.cfg.mode == "dni" and a.chunk > 0))
-        if self.schedule.sends_state(a):
-            return tg.detach(self._graph.end)
-        return None
+        self._graph = chunk_forward(self.model, self.spec.loss, start, x, y, m,
+                                    need_delta=s.needs_delta(a) and start is not None)
+        out = []
+        if s.sends_state(a):
+            out.append(Send(self.position + 1, "state", a.batch, a.chunk, tg.detach(self._graph.end)))
+        if s.stream_groups and a.chunk == s.chunks - 1:
+            end = tg.detach(self._graph.end)
+            if s.workers > 1:
+                out.append(Send(0, "carry", a.batch, a.chunk, end))
+            else:
+                self.streams[a.batch] = end
+        return out
 
-    def backward(self, a: Action | None):
-        """Back-propagate the chunk (with its synthetic gradient). Returns delta to send back, or None."""
+    def backward(self) -> list[Send]:
+        """Back-propagate this tick's chunk (with its synthetic gradient); returns deltas to send."""
+        a, s = self._action, self.schedule
         if a is None:
-            return None
-        dni = self.cfg.mode == "dni"
-        last = a.chunk == self.schedule.chunks - 1
-        res = chunk_backward(self._graph, self.synth, inject=dni and not last)
+            return []
+        streaming_end = bool(s.stream_groups) and a.chunk == s.chunks - 1
+        inject = self.dni and (a.chunk < s.chunks - 1 or streaming_end)
+        res = chunk_backward(self._graph, self.synth, inject=inject)
         self._graph = None
         self._carry = res.state_end
+        delta = res.delta
         if res.skipped:
-            self.skipped += 1
-            if self.schedule.sends_delta(a) and dni:  # keep the protocol in step: a target that
-                parts = tg.as_tuple(self._carry)      # the receiver drops (and counts) as non-finite
-                return tg.like([torch.full_like(t, float("nan")) for t in parts], self._carry)
+            self._skipped = 1
         else:
             self._loss, self._ran = res.loss, 1
-        if dni and not last:
+        if delta is None and s.needs_delta(a):  # skipped, or a reset stream: keep the protocol in
+            parts = tg.as_tuple(res.state_end)  # step with a target the receiver drops as non-finite
+            delta = tg.like([torch.full_like(t, float("nan")) for t in parts], res.state_end)
+        if s.keeps_boundary(a):
             self._boundaries[(a.batch, a.chunk)] = res.state_end
-        if res.delta is None:
-            return None
-        if self.schedule.sends_delta(a):
-            return res.delta
-        self.absorb(a.batch, a.chunk - 1, res.delta)
-        return None
+        if delta is None:
+            return []
+        batch, chunk = (a.batch, a.chunk - 1) if a.chunk else (s.continues(a), s.chunks - 1)
+        dst = s.delta_to(a)
+        if dst == self.position:
+            self.absorb(batch, chunk, delta)
+            return []
+        return [Send(dst, "delta", batch, chunk, delta)]
+
+    def receive(self, kind: str, batch: int, chunk: int, state) -> None:
+        """A message arrived: a start state for a coming chunk, a stream's final state, or a delta."""
+        if kind == "delta":
+            self.absorb(batch, chunk, state)
+        elif kind == "carry":
+            self.streams[batch] = state
+        else:
+            self._received[(kind, batch, chunk)] = state
 
     def absorb(self, batch: int, chunk: int, delta) -> None:
         """A target arrived for the prediction this worker made after chunk ``chunk`` of ``batch``."""
         boundary = self._boundaries.pop((batch, chunk), None)
         if boundary is None:
-            raise RuntimeError(f"worker {self.rank}: got a delta for boundary (batch {batch}, chunk {chunk}) "
+            raise RuntimeError(f"worker {self.position}: got a delta for boundary (batch {batch}, chunk {chunk}) "
                                "it holds no prediction for")
         self._targets.append((boundary, delta))
 
     def grad_buffer(self) -> torch.Tensor:
-        """Model and synthesizer gradients of this tick plus four scalars, flattened, to be summed."""
-        n, sq = 0, 0.0
+        """Model and synthesizer gradients of this tick plus the extra scalars, flattened, to be summed."""
+        ev = torch.zeros(EVIDENCE, dtype=torch.float64)
         if self._targets:
             bounds, tars = zip(*self._targets)
-            n, sq = self.synth.accumulate(list(bounds), list(tars))
+            ev = self.synth.accumulate(list(bounds), list(tars))
         parts = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
                  for p in self.params + self.sparams]
-        parts.append(torch.tensor([float(n), sq, self._loss, float(self._ran)], device=self.device))
+        extra = ev.tolist() + [self._loss, float(self._ran), float(self._skipped)]
+        parts.append(torch.tensor(extra, dtype=parts[0].dtype if parts else torch.float32, device=self.device))
         return torch.cat(parts)
 
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
-        if self.data_parallel:  # workers hold slices of one batch: average, as DDP does
-            total = total / self.cfg.workers
+        n = sum(p.numel() for p in self.params)
+        ev = total[-EXTRA:-3].double().cpu()
+        loss, ran, skipped = total[-3:].tolist()
+        grads = total[:n]
+        if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
+            grads = grads / self.cfg.workers
+        if ran > 0 and not bool(torch.isfinite(grads).all()):
+            skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
         offset = 0
-        for p in self.params + self.sparams:
+        for p in self.params:
             k = p.numel()
-            p.grad = total[offset:offset + k].view_as(p).clone()
+            p.grad = grads[offset:offset + k].view_as(p).clone()
             offset += k
-        n, sq, loss, ran = total[offset:offset + EXTRA].tolist()
         if ran > 0:
             if self.cfg.clip:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
             self.opt.step()
             self.losses.append(loss / ran)
-        if n > 0:
-            if self.synth.scale_ready():
-                self.synth.apply_update()
-            self.synth.observe_targets(sq / n)
-        self.synth.optimizer.zero_grad(set_to_none=True)
+        self.skipped += int(skipped)
+        self._check_divergence(int(ran), int(skipped))
+        if self.synth is not None:
+            for p in self.sparams:
+                k = p.numel()
+                p.grad = total[offset:offset + k].view_as(p).clone()
+                offset += k
+            self.synth.finish_update(ev)
 
-    def _maybe_fail(self, a: Action) -> bool:
-        """The ``fail_at`` testing aid; returns True when the chunk's inputs should be NaN."""
-        cfg = self.cfg
-        if a.batch != cfg.fail_at or self.rank != cfg.fail_rank or a.chunk != self.rank * self.schedule.block:
-            return False
-        if cfg.checkpoint_dir:
-            marker = os.path.join(cfg.checkpoint_dir, f"failed-once-rank{self.rank}")
-            if os.path.exists(marker):
-                return False
-            os.makedirs(cfg.checkpoint_dir, exist_ok=True)
-            open(marker, "w").close()
-        if cfg.fail_mode == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if cfg.fail_mode == "raise":
-            raise WorkerFailure(f"worker {self.rank}: failing on purpose at batch {a.batch} (fail_at)")
-        return True
+    def _check_divergence(self, ran: int, skipped: int) -> None:
+        self._recent.append((ran, skipped))
+        if len(self._recent) < self._recent.maxlen:
+            return
+        total = sum(r + s for r, s in self._recent)
+        bad = sum(s for _, s in self._recent)
+        if total and bad / total > self.cfg.divergence_threshold:
+            raise DivergenceError(
+                f"training diverged: {bad} of the last {total} chunks had a non-finite loss or gradient "
+                f"(more than {self.cfg.divergence_threshold:.0%}); lower --lr, set --clip, or check the data")
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "synth": self.synth.state_dict(),
-                "opt": self.opt.state_dict(), "synth_opt": self.synth.optimizer.state_dict(),
-                "losses": list(self.losses), "skipped": self.skipped}
+        """Everything a resumed run needs, as tensors and plain types (loads with weights_only=True)."""
+        out = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+               "losses": torch.tensor(self.losses, dtype=torch.float64), "skipped": self.skipped,
+               "streams": {int(b): list(tg.as_tuple(s)) for b, s in self.streams.items()}}
+        if self.synth is not None:
+            out["synth"] = self.synth.state_dict()
+            out["synth_opt"] = self.synth.optimizer.state_dict()
+        return out
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
-        self.synth.load_state_dict(sd["synth"])
         self.opt.load_state_dict(sd["opt"])
-        self.synth.optimizer.load_state_dict(sd["synth_opt"])
-        self.losses = list(sd["losses"])
-        self.skipped = sd["skipped"]
+        if self.synth is not None:
+            self.synth.load_state_dict(sd["synth"])
+            self.synth.optimizer.load_state_dict(sd["synth_opt"])
+        self.losses = [float(v) for v in sd["losses"].tolist()]
+        self.skipped = int(sd["skipped"])
+        self.streams = {int(b): tg.like([t.to(self.device) for t in parts], self.like)
+                        for b, parts in sd["streams"].items()}
 

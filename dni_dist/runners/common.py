@@ -1,4 +1,4 @@
-"""What every runner shares: segments between checkpoints, metrics, progress."""
+"""What every runner shares: resume and checkpoints, evaluation, progress, live metrics."""
 from __future__ import annotations
 
 import json
@@ -7,85 +7,191 @@ import resource
 import sys
 import time
 
-from ..checkpoint import latest, save
+import torch
+
+from ..checkpoint import CheckpointError, clean_temporary, latest, save
 from ..config import Config
 from ..engine.schedule import Schedule
 
 
-def segments(cfg: Config, start: int):
-    """Batches ``[start, steps)`` cut at checkpoints. The pipeline drains at each cut so a
-    checkpoint holds no message in flight, and a resumed run repeats the same computation."""
-    every = cfg.checkpoint_every or cfg.steps
-    b = start
-    while b < cfg.steps:
-        n = min(every - b % every, cfg.steps - b)
-        yield Schedule(cfg.chunks, 1 if cfg.parallel == "data" else cfg.workers, n, first_batch=b)
-        b += n
-
-
-def resume_point(cfg: Config, worker) -> int:
-    """Load the latest complete checkpoint into ``worker`` if resuming; return the next batch."""
+def resume_point(cfg: Config, spec_name: str, worker) -> int:
+    """Load the latest complete checkpoint into ``worker`` when resuming; return the next batch.
+    Refuses a checkpoint of a different experiment, naming every field that differs."""
     if not cfg.resume:
         return 0
     found = latest(cfg.checkpoint_dir)
     if found is None:
-        return 0
+        raise CheckpointError(f"--resume: no checkpoint in {cfg.checkpoint_dir!r} (ckpt-<batch>.pt); "
+                              "run without --resume to start from batch 0")
     batch, state = found
+    diffs = cfg.differences(state.get("config", {}))
+    if state.get("spec", spec_name) != spec_name:
+        diffs.insert(0, f"spec: {state.get('spec')!r} in the checkpoint, {spec_name!r} now")
+    if diffs:
+        raise CheckpointError(f"--resume: the checkpoint in {cfg.checkpoint_dir!r} (batch {batch}) is from a "
+                              "different experiment: " + "; ".join(diffs) + ". Use another --checkpoint-dir, "
+                              "or the same options (those that may change are listed in README: Resume)")
+    if batch > cfg.steps:
+        raise CheckpointError(f"--resume: the checkpoint is at batch {batch}, past --steps {cfg.steps}")
     worker.load_state_dict(state["worker"])
     return batch
 
 
-def maybe_checkpoint(cfg: Config, sched: Schedule, worker, rank: int) -> None:
+def prepare_paths(cfg: Config) -> None:
+    """Check at start what would otherwise fail late: the checkpoint dir and the metrics paths."""
+    if cfg.checkpoint_dir:
+        from ..checkpoint import check_writable
+        check_writable(cfg.checkpoint_dir)
+        clean_temporary(cfg.checkpoint_dir)
+    for flag, path in (("--metrics-json", cfg.metrics_json), ("--metrics-csv", cfg.metrics_csv),
+                       ("--save", cfg.save)):
+        if path:
+            _check_file(flag, path)
+
+
+def _check_file(flag: str, path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"{flag} {path!r}: cannot create its directory: {e}") from e
+    if os.path.isdir(path) or not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise CheckpointError(f"{flag} {path!r} is not a writable file path")
+
+
+def maybe_checkpoint(cfg: Config, spec_name: str, sched: Schedule, worker) -> None:
     end = sched.first_batch + sched.batches
-    if cfg.checkpoint_every and rank == 0 and (end % cfg.checkpoint_every == 0 or end == cfg.steps):
-        save(cfg.checkpoint_dir, end, {"worker": worker.state_dict(), "config": cfg.to_dict()})
+    if cfg.checkpoint_every and (end % cfg.checkpoint_every == 0 or end == cfg.steps):
+        save(cfg.checkpoint_dir, end, {"worker": worker.state_dict(), "config": cfg.to_dict(), "spec": spec_name},
+             keep=cfg.keep_checkpoints)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class Progress:
-    """A tqdm bar over batches showing loss and tokens/s; silent when disabled or off rank 0."""
+class Reporter:
+    """Rank 0's view of the run: progress (a bar on a terminal, else a line every ``log_every``
+    seconds), rows appended to ``--metrics-csv`` as they happen, TensorBoard scalars, and the
+    spec's ``evaluate`` every ``eval_every`` batches."""
 
-    def __init__(self, cfg: Config, enabled: bool, start: int, label: str = ""):
-        self.bar = None
-        self.cfg, self.t0, self.start = cfg, time.perf_counter(), start
-        if enabled and cfg.progress:
+    def __init__(self, cfg: Config, spec, worker, start: int, label: str = ""):
+        self.cfg, self.spec, self.worker, self.start = cfg, spec, worker, start
+        self.label = label or f"{cfg.mode} K={cfg.workers}"
+        self.t0 = time.perf_counter()
+        self.done, self.rows, self.evals = start, len(worker.losses), []
+        self.tokens_per_batch = worker.batch_size * cfg.length
+        self.bar, self.csv, self.tb = None, None, None
+        self._last_line, self._last_bar = self.t0, 0.0
+        self.tty = sys.stderr.isatty()
+        if cfg.progress and self.tty:
             from tqdm import tqdm
-            self.bar = tqdm(total=cfg.steps, initial=start, desc=label or f"{cfg.mode} K={cfg.workers}",
-                            unit="batch", file=sys.stderr, dynamic_ncols=True)
-        self.done = start
+            self.bar = tqdm(total=cfg.steps, initial=start, desc=self.label, unit="batch", file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5)
+        if cfg.metrics_csv:
+            new = start == 0 or not os.path.exists(cfg.metrics_csv)
+            self.csv = open(cfg.metrics_csv, "w" if new else "a")
+            if new:
+                self.csv.write("step,batch,loss,tokens_per_s,skill,gate\n")
+                self.csv.flush()
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("--tensorboard needs the tensorboard package: pip install 'dni_dist[tensorboard]' "
+                                  "(or pip install tensorboard)") from e
+            self.tb = SummaryWriter(cfg.tensorboard)
 
-    def update(self, batches_done: int, losses: list) -> None:
-        if self.bar is None:
-            self.done = batches_done
-            return
-        recent = losses[-self.cfg.chunks:]
-        tok = (batches_done - self.start) * self.cfg.batch * self.cfg.length / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.update(batches_done - self.done)
-        self.done = batches_done
-        if recent:
-            self.bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", tok_s=f"{tok:,.0f}")
+    def tokens_per_s(self) -> float:
+        return (self.done - self.start) * self.tokens_per_batch / max(time.perf_counter() - self.t0, 1e-9)
 
-    def close(self):
+    def update(self, batches_done: int) -> None:
+        w, cfg = self.worker, self.cfg
+        stats = w.synth.stats if w.synth is not None else None
+        tok = self.tokens_per_s()
+        while self.rows < len(w.losses):
+            i, loss = self.rows, w.losses[self.rows]
+            if self.csv is not None:
+                self.csv.write(f"{i},{batches_done},{loss:.6g},{tok:.1f},"
+                               f"{stats.skill if stats else ''},{stats.gate if stats else ''}\n")
+            if self.tb is not None and i % 10 == 0:
+                self.tb.add_scalar("train/loss", loss, i)
+                self.tb.add_scalar("train/tokens_per_s", tok, i)
+                if stats is not None:
+                    self.tb.add_scalar("synth/skill", stats.skill, i)
+                    self.tb.add_scalar("synth/gate", stats.gate, i)
+                    self.tb.add_scalar("synth/target_rms", float(w.synth.target_ms) ** 0.5, i)
+            self.rows += 1
+        if self.csv is not None:
+            self.csv.flush()
+        crossed = batches_done > self.done
+        prev, self.done = self.done, batches_done
+        if crossed and self.spec.evaluate and cfg.eval_every and batches_done // cfg.eval_every > prev // cfg.eval_every \
+                and batches_done < cfg.steps:
+            self.evaluate()
+        now = time.perf_counter()
+        if self.bar is not None and crossed:
+            self.bar.update(batches_done - self.bar.n)
+            if now - self._last_bar > 0.5:
+                self._last_bar = now
+                self.bar.set_postfix_str(self._summary(tok, stats), refresh=False)
+        elif self.bar is None and cfg.progress and (now - self._last_line >= cfg.log_every or
+                                                    batches_done == cfg.steps and crossed):
+            self._last_line = now
+            print(f"[{self.label}] batch {batches_done}/{cfg.steps}  {self._summary(tok, stats)}  "
+                  f"{now - self.t0:.0f}s", file=sys.stderr, flush=True)
+
+    def _summary(self, tok, stats) -> str:
+        recent = self.worker.losses[-self.cfg.chunks:]
+        loss = f"loss {sum(recent) / len(recent):.4f}  " if recent else ""
+        synth = f"  skill {stats.skill:+.3f} gate {stats.gate:.2f}" if stats is not None else ""
+        return f"{loss}{tok:,.0f} tok/s{synth}"
+
+    def evaluate(self) -> dict:
+        """Run the spec's evaluate (no_grad, eval mode; RNG and mode restored) and log it."""
+        model = self.worker.model
+        rng, training = torch.get_rng_state(), model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                got = self.spec.evaluate(model)
+        finally:
+            model.train(training)
+            torch.set_rng_state(rng)
+        if not isinstance(got, dict):
+            raise TypeError(f"Spec.evaluate must return a dict of floats; got {type(got).__name__}")
+        row = {"batch": self.done, **{k: float(v) for k, v in got.items()}}
+        self.evals.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "batch":
+                    self.tb.add_scalar(f"eval/{k}", v, self.done)
+        if self.cfg.progress:
+            print(f"[{self.label}] eval at batch {self.done}: " +
+                  "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "batch"), file=sys.stderr, flush=True)
+        return row
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.csv is not None:
+            self.csv.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
-def metrics(cfg: Config, losses: list, wall_s: float, batches: int, extra: dict | None = None) -> dict:
-    out = {"losses": losses, "tokens_per_s": batches * cfg.batch * cfg.length / max(wall_s, 1e-9),
-           "wall_s": wall_s, "peak_rss_mb": peak_rss_mb(), "config": cfg.to_dict(), "pid": os.getpid()}
+def metrics(cfg: Config, worker, wall_s: float, startup_s: float, batches: int, extra: dict | None = None) -> dict:
+    tokens = batches * worker.batch_size * cfg.length
+    synth = worker.synth.stats if worker.synth is not None else None
+    out = {"losses": list(worker.losses), "tokens_per_s": tokens / max(wall_s, 1e-9) if batches else 0.0,
+           "wall_s": wall_s, "startup_s": startup_s, "batches": batches, "peak_rss_mb": peak_rss_mb(),
+           "skipped_chunks": worker.skipped, "stream_resets": worker.stream_resets,
+           "synth": None if synth is None else {"updates": synth.updates, "skill": synth.skill, "gate": synth.gate,
+                                                 "nonfinite_targets": synth.nonfinite_targets},
+           "tick_breakdown_s": dict(getattr(worker, "timers", None).s) if getattr(worker, "timers", None) else {},
+           "config": cfg.to_dict(), "pid": os.getpid()}
     out.update(extra or {})
     return out
-
-
-def write_csv(path: str, losses: list) -> None:
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write("step,loss\n")
-            f.writelines(f"{i},{v}\n" for i, v in enumerate(losses))
 
 
 def write_metrics(path: str, m: dict) -> None:
@@ -93,3 +199,43 @@ def write_metrics(path: str, m: dict) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(m, f)
+
+
+def stream_groups(cfg: Config, spec) -> int:
+    g = spec.stream_groups if cfg.stream_groups < 0 else cfg.stream_groups
+    if g and cfg.parallel == "data" and cfg.checkpoint_every:
+        raise ValueError("stream_groups with parallel='data' cannot be checkpointed (each replica holds its own "
+                         "rows' streams); use the pipeline, or no --checkpoint-every")
+    return g
+
+
+def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None"):
+    """The generator one worker runs from batch ``start`` to the end: segments of the tick loop,
+    with rank 0's reporting and checkpoints between them."""
+    from ..engine.loop import Timers, run_segment, segments
+    from ..testing.faults import Faults
+    faults = Faults.from_config(cfg)
+    worker.timers = Timers()
+    for sched in segments(cfg, start, stream_groups(cfg, spec)):
+        on_tick = None
+        if reporter is not None:
+            def on_tick(t, sched=sched):
+                reporter.update(sched.first_batch + sched.done_by(t))
+        yield from run_segment(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers)
+        if reporter is not None:
+            maybe_checkpoint(cfg, spec.name, sched, worker)
+
+
+def finish(cfg: Config, worker, reporter: "Reporter | None", t0: float, startup_s: float, start: int,
+           extra: dict | None = None) -> dict:
+    """Metrics of a finished run (rank 0 also evaluates once more and saves the model)."""
+    wall = time.perf_counter() - t0
+    evals = []
+    if reporter is not None:
+        if reporter.spec.evaluate is not None:
+            reporter.evaluate()
+        evals = reporter.evals
+        reporter.close()
+        if cfg.save:
+            torch.save(worker.model.state_dict(), cfg.save)
+    return metrics(cfg, worker, wall, startup_s, cfg.steps - start, {"evals": evals, **(extra or {})})

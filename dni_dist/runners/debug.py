@@ -1,7 +1,7 @@
-"""Debug mode: one process simulates K workers with the same Worker code, tick by tick.
+"""Debug mode: one process runs K workers' tick loops in lockstep over the in-process transport.
 
-The gradient "all-reduce" is a sum in rank order, which is what gloo computes for K = 2, so
-debug and torchrun runs match bitwise there.
+The same loop as torchrun and Ray (:mod:`dni_dist.engine.loop`); the all-reduce is a sum in rank
+order, which is what gloo computes for K = 2, so debug and torchrun runs match bitwise there.
 """
 from __future__ import annotations
 
@@ -11,71 +11,36 @@ import torch
 
 from ..config import Config
 from ..engine.worker import Worker
-from .common import Progress, maybe_checkpoint, metrics, resume_point, segments
+from ..transport.local import LocalHub
+from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 
 
-def _sum(bufs):
-    """The all-reduce of debug mode: a sum in rank order."""
-    total = bufs[0]
-    for b in bufs[1:]:
-        total = total + b
-    return total
-
-
-def run(cfg: Config) -> dict:
+def run(cfg: Config, spec):
+    """Train ``spec`` with ``cfg.workers`` simulated workers; returns ``(model, metrics)``."""
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    workers = [Worker(cfg, k) for k in range(cfg.workers)]  # identical replicas (same seed)
+    prepare_paths(cfg)
+    t_build = time.perf_counter()
+    workers = [Worker(spec, cfg, k) for k in range(cfg.workers)]  # identical replicas (same seed)
     start = 0
     for w in workers:
-        start = resume_point(cfg, w)
-    progress = Progress(cfg, True, start)
+        start = resume_point(cfg, spec.name, w)
+    reporter = Reporter(cfg, spec, workers[0], start)
+    transports = LocalHub(cfg.workers).transports()
+    t0 = time.perf_counter()
     try:
-        for sched in segments(cfg, start):
-            for w in workers:
-                w.begin(sched)
-            inbox: dict = {}
-            late: list = []       # overlap: deltas absorbed one tick after they were sent
-            pending = None        # overlap: the summed buffer applied one tick late
-            for t in range(sched.ticks):
-                acts = [sched.action(k, t) for k in range(cfg.workers)]
-                sent = {}
-                for k, w in enumerate(workers):
-                    out = w.forward(acts[k], inbox.get(k))
-                    if out is not None:
-                        sent[k + 1] = out
-                arrived = []
-                for k, w in enumerate(workers):
-                    delta = w.backward(acts[k])
-                    if delta is not None:
-                        arrived.append((k - 1, acts[k].batch, acts[k].chunk - 1, delta))
-                if cfg.sync == "exact":
-                    late, arrived = arrived, []
-                for k, b, c, d in late:
-                    workers[k].absorb(b, c, d)
-                late = arrived
-                total = _sum([w.grad_buffer() for w in workers])
-                if cfg.sync == "exact":
-                    pending, total = total, None
-                if pending is not None:
-                    for w in workers:
-                        w.apply(pending)
-                pending = total
-                inbox = sent
-                done = sched.first_batch + max(0, (t + 1) // sched.block - (cfg.workers - 1))
-                progress.update(min(done, sched.first_batch + sched.batches), workers[0].losses)
-            if pending is not None:  # overlap: drain before the segment ends
-                for w in workers:
-                    w.apply(pending)
-                    w.forward(None)  # no chunk: clears gradients and this tick's targets
-                for k, b, c, d in late:
-                    workers[k].absorb(b, c, d)
-                total = _sum([w.grad_buffer() for w in workers])
-                for w in workers:
-                    w.apply(total)
-            maybe_checkpoint(cfg, sched, workers[0], 0)
-    finally:
-        progress.close()
-    wall = time.perf_counter() - t0
-    return metrics(cfg, workers[0].losses, wall, cfg.steps - start,
-                   {"skipped_chunks": sum(w.skipped for w in workers), "synth_updates": workers[0].synth.stats.updates})
+        loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None)
+                 for k, (w, tr) in enumerate(zip(workers, transports))]
+        alive = True
+        while alive:  # lockstep: every loop to its next synchronisation point, in rank order
+            alive = False
+            for loop in loops:
+                try:
+                    next(loop)
+                    alive = True
+                except StopIteration:
+                    pass
+    except BaseException:
+        reporter.close()
+        raise
+    m = finish(cfg, workers[0], reporter, t0, t0 - t_build, start)
+    return workers[0].model, m

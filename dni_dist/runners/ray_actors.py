@@ -2,15 +2,23 @@
 same loop as torchrun. Tensors travel over gloo (~0.2 ms a send here, vs ~2 ms for a Ray call
 per 64 KB tensor); Ray places, supervises and collects metrics. If an actor dies, the whole
 group is restarted from the last checkpoint, up to ``max_restarts`` times.
+
+The spec travels by import path (``--spec``/``--task``) or, from :func:`dni_dist.fit`, by value;
+every actor resolves it before training starts, and one that cannot fails the run at once.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import socket
+import sys
 import time
 
 from ..config import Config
+
+
+class SpecUnavailable(RuntimeError):
+    """The actors cannot build the spec (not importable there): never retried."""
 
 
 def _import_ray():
@@ -24,9 +32,22 @@ def _import_ray():
 def _actor_class(ray):
     @ray.remote(num_cpus=1, max_restarts=0)
     class RankActor:
-        def address(self, local: bool) -> str:
-            """Rendezvous address on this actor's node: loopback for a local Ray instance (no
-            traffic needs to leave the machine), the node's address on a cluster."""
+        def prepare(self, cfg: Config, spec_bytes: bytes | None, driver_path: list, local: bool) -> str:
+            """Resolve the spec here (so a spec this node cannot import fails before anything
+            runs) and return a rendezvous address on this node: loopback for a private local
+            Ray, the node's address on a cluster. The driver's import path is appended (where
+            those folders exist here) so a spec module beside the driver imports as it did there."""
+            import pickle
+            import sys
+
+            from ..fit import resolve_spec
+            for entry in driver_path:
+                if entry not in sys.path and os.path.isdir(entry):
+                    sys.path.append(entry)
+            try:
+                self.spec = pickle.loads(spec_bytes) if spec_bytes is not None else resolve_spec(cfg)
+            except Exception as e:  # noqa: BLE001 - reported to the driver as what it is
+                raise SpecUnavailable(f"a Ray actor cannot load the spec ({type(e).__name__}: {e})") from None
             host = "127.0.0.1" if local else ray.util.get_node_ip_address()
             s = socket.socket()
             s.bind((host, 0))
@@ -45,45 +66,66 @@ def _actor_class(ray):
             dist.init_process_group("gloo", init_method=f"tcp://{addr}", rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=cfg.timeout_s))
             try:
-                return run_rank(cfg, rank, world)
+                model, m = run_rank(cfg, self.spec, rank, world)
             finally:
                 dist.destroy_process_group()
+            if rank == 0:
+                m["model_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            return m
 
     return RankActor
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, spec=None, spec_value=None):
+    """Train on Ray actors; returns ``(model or None, metrics)``. ``spec_value`` is a Spec object
+    sent by value (from :func:`dni_dist.fit`); otherwise the actors load ``cfg``'s spec."""
     ray = _import_ray()
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    if cfg.device == "cuda":
+        raise ValueError("--backend ray --device cuda is not supported: the Ray actors reserve CPUs and talk "
+                         "gloo. For GPUs launch with torchrun (NCCL, one GPU per process)")
     started = False
     if not ray.is_initialized():
         if cfg.ray_address:
             ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
-        else:
-            ray.init(num_cpus=max(cfg.workers, 2), include_dashboard=False, log_to_driver=True)
+        else:  # a private instance on loopback: never attach to another job's cluster
+            ray.init(address="local", num_cpus=max(cfg.workers, 2), include_dashboard=False,
+                     log_to_driver=True, _node_ip_address="127.0.0.1")
         started = True
     actor_cls = _actor_class(ray)
+    spec_bytes = None
+    if spec_value is not None:
+        import ray.cloudpickle as cloudpickle
+        spec_bytes = cloudpickle.dumps(spec_value)
+    driver_path = [os.path.abspath(p or os.getcwd()) for p in sys.path]
     attempt, t0 = 0, time.perf_counter()
     try:
         while True:
             pg = placement_group([{"CPU": 1}] * cfg.workers, strategy="PACK")
-            ray.get(pg.ready(), timeout=cfg.timeout_s)
+            start_limit = max(cfg.timeout_s, 300.0)  # starting actors imports torch in each: slow on a busy node
+            ray.get(pg.ready(), timeout=start_limit)
             actors = [actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=k)).remote() for k in range(cfg.workers)]
             try:
-                addr = ray.get(actors[0].address.remote(not cfg.ray_address), timeout=cfg.timeout_s)
+                addrs = ray.get([a.prepare.remote(cfg, spec_bytes, driver_path, not cfg.ray_address)
+                                 for a in actors], timeout=start_limit)
                 run_cfg = dataclasses.replace(cfg, resume=cfg.resume or attempt > 0)
-                futures = [a.run.remote(run_cfg, k, cfg.workers, addr) for k, a in enumerate(actors)]
-                results = _supervise(ray, futures, cfg)
+                futures = [a.run.remote(run_cfg, k, cfg.workers, addrs[0]) for k, a in enumerate(actors)]
+                results = _supervise(ray, futures)
                 out = results[0]
                 out["restarts"] = attempt
                 out["wall_s_total"] = time.perf_counter() - t0
                 out["peak_rss_mb_per_rank"] = [r["peak_rss_mb"] for r in results]
-                return out
+                state = out.pop("model_state")
+                model = None
+                if spec is not None:
+                    model = spec.model()
+                    model.load_state_dict(state)
+                return model, out
             except Exception as e:
-                if attempt >= cfg.max_restarts or not cfg.checkpoint_dir:
-                    raise
+                if _is_spec_error(ray, e) or attempt >= cfg.max_restarts or not cfg.checkpoint_dir:
+                    raise _unwrap(ray, e) from None
                 attempt += 1
                 print(f"dni_dist[ray]: worker group failed ({type(e).__name__}: {str(e)[:200]}); "
                       f"restart {attempt}/{cfg.max_restarts} from the last checkpoint", flush=True)
@@ -96,14 +138,23 @@ def run(cfg: Config) -> dict:
             ray.shutdown()
 
 
-def _supervise(ray, futures, cfg: Config) -> list:
-    """Wait for all ranks; the first failure (an exception or a dead actor) fails the group fast."""
+def _is_spec_error(ray, e: Exception) -> bool:
+    return isinstance(_unwrap(ray, e), SpecUnavailable)
+
+
+def _unwrap(ray, e: Exception) -> Exception:
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(e, ray.exceptions.RayTaskError) and isinstance(cause, Exception) else e
+
+
+def _supervise(ray, futures) -> list:
+    """Wait for all ranks as long as they are healthy; the first failure (an exception, or a dead
+    actor) fails the group at once. A stuck peer is caught by the workers' own timeouts on
+    every receive and all-reduce (--timeout-s), so no bound on the run's length is needed here."""
     pending = list(futures)
     done_results = {}
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=cfg.timeout_s * 4)
-        if not ready:
-            raise TimeoutError(f"no Ray worker finished or failed within {cfg.timeout_s * 4:.0f}s")
+        ready, pending = ray.wait(pending, num_returns=1, timeout=30.0)
         for r in ready:
             done_results[futures.index(r)] = ray.get(r)  # raises RayActorError / the worker's error
     return [done_results[k] for k in range(len(futures))]

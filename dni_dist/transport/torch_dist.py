@@ -1,11 +1,13 @@
 """torch.distributed transport: gloo on CPU, NCCL on GPU.
 
-Each message is a fixed-size int64 header (kind, batch, chunk, dtype, shapes) followed by one
-contiguous payload, sent with non-blocking ``isend`` on a process group of its own per
-direction (forward states, backward deltas), so neither queues behind the other or behind the
-all-reduce on the default group. The receiver checks the header before it receives the payload:
-a wrong sequence number, shape or dtype raises :class:`MessageError` naming the sender; nothing
-is truncated. Every wait has a timeout.
+Each message is a fixed-size int64 header (kind, batch, chunk, dtype, shapes, payload size)
+followed by one contiguous payload, sent with non-blocking ``isend`` on a process group of its
+own per direction (forward states and stream carries, backward deltas), so neither queues behind
+the other or behind the all-reduce on the default group. The receiver checks the header, and the
+payload size it declares, before it posts the receive: a wrong sequence number, shape, dtype or
+size raises :class:`MessageError` naming the sender; nothing is truncated. The payload ends in a
+sentinel the receiver checks, so a short payload is an error, never uninitialised memory. Every
+wait has a timeout and names the peer it waits for.
 """
 from __future__ import annotations
 
@@ -16,13 +18,19 @@ import torch.distributed as dist
 
 from .base import Message, MessageError
 
-KINDS = {"state": 1, "delta": 2}
+KINDS = {"state": 1, "delta": 2, "carry": 3}
+GROUP_OF = {"state": "forward", "carry": "forward", "delta": "backward"}
+SENTINEL = 8191.0  # exact in every float dtype we send
 DTYPES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4}
-HEADER = 16  # int64 slots: magic, kind, batch, chunk, dtype, ntensors, then (ndim, dims...) packed
+HEADER = 16  # int64 slots: magic, kind, batch, chunk, dtype, payload size, ntensors, (ndim, dims...) packed
+
+
+def _numel(m: Message) -> int:
+    return sum(int(torch.Size(s).numel()) for s in m.shapes)
 
 
 def _encode(m: Message) -> torch.Tensor:
-    vals = [0x444E49, KINDS[m.kind], m.batch, m.chunk, DTYPES[m.dtype], len(m.shapes)]
+    vals = [0x444E49, KINDS[m.kind], m.batch, m.chunk, DTYPES[m.dtype], _numel(m) + 1, len(m.shapes)]
     for s in m.shapes:
         vals += [len(s), *s]
     if len(vals) > HEADER:
@@ -30,18 +38,18 @@ def _encode(m: Message) -> torch.Tensor:
     return torch.tensor(vals + [0] * (HEADER - len(vals)), dtype=torch.int64)
 
 
-def _decode(h: torch.Tensor) -> Message:
+def _decode(h: torch.Tensor) -> tuple[Message, int]:
     v = h.tolist()
     if v[0] != 0x444E49:
         raise MessageError(f"received a header without the dni_dist magic number: {v[:6]}")
     kind = {k: n for n, k in KINDS.items()}.get(v[1], f"unknown({v[1]})")
     dtype = {k: d for d, k in DTYPES.items()}.get(v[4], None)
-    shapes, i = [], 6
-    for _ in range(v[5]):
-        nd = v[i]
+    shapes, i = [], 7
+    for _ in range(min(max(v[6], 0), HEADER)):
+        nd = v[i] if i < HEADER else 0
         shapes.append(tuple(v[i + 1:i + 1 + nd]))
         i += 1 + nd
-    return Message(kind, v[2], v[3], tuple(shapes), dtype)
+    return Message(kind, v[2], v[3], tuple(shapes), dtype), v[5]
 
 
 class TorchDistTransport:
@@ -54,27 +62,36 @@ class TorchDistTransport:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.device = torch.device(device)
         # one group per direction: states flow forward, deltas backward (collective calls: all ranks)
-        self.groups = {"state": dist.new_group(timeout=self.timeout), "delta": dist.new_group(timeout=self.timeout)}
+        self.groups = {"forward": dist.new_group(timeout=self.timeout),
+                       "backward": dist.new_group(timeout=self.timeout)}
         self._pending: list = []
 
     def send(self, dst: int, header: Message, tensors: list) -> None:
-        group = self.groups[header.kind]
-        payload = torch.cat([t.detach().reshape(-1) for t in tensors]).to(self.device)
+        group = self.groups[GROUP_OF[header.kind]]
+        parts = [t.detach().reshape(-1) for t in tensors]
+        payload = torch.cat(parts + [parts[0].new_full((1,), SENTINEL)]).to(self.device)
         h = _encode(header).to(self.device)
         for buf in (h, payload):  # the buffer stays referenced until its send completes
             self._pending.append((dist.isend(buf, dst, group=group), buf))
         while len(self._pending) > 16:  # bound the sends in flight
             work, _ = self._pending.pop(0)
-            self._wait(work, f"a send to worker {dst}")
+            self._wait(work, f"a send to worker {dst}", dst)
 
     def recv(self, src: int, expected: Message) -> list:
-        group = self.groups[expected.kind]
+        group = self.groups[GROUP_OF[expected.kind]]
         h = torch.empty(HEADER, dtype=torch.int64, device=self.device)
-        self._wait(dist.irecv(h, src, group=group), f"the header of {expected.describe()} from worker {src}")
-        expected.check(_decode(h.cpu()), src)
+        self._wait(dist.irecv(h, src, group=group), f"the header of {expected.describe()} from worker {src}", src)
+        got, declared = _decode(h.cpu())
+        expected.check(got, src)
         sizes = [int(torch.Size(s).numel()) for s in expected.shapes]
-        payload = torch.empty(sum(sizes), dtype=expected.dtype, device=self.device)
-        self._wait(dist.irecv(payload, src, group=group), f"{expected.describe()} from worker {src}")
+        if declared != sum(sizes) + 1:
+            raise MessageError(f"from worker {src}: expected {expected.describe()} ({sum(sizes) + 1} values with "
+                               f"the end marker), but the header declares {declared} values")
+        payload = torch.full((sum(sizes) + 1,), float("nan"), dtype=expected.dtype, device=self.device)
+        self._wait(dist.irecv(payload, src, group=group), f"{expected.describe()} from worker {src}", src)
+        if float(payload[-1]) != SENTINEL:
+            raise MessageError(f"from worker {src}: {expected.describe()} arrived short or corrupt (its end marker "
+                               "is missing): fewer values were sent than its header declares")
         out, start = [], 0
         for s, n in zip(expected.shapes, sizes):
             out.append(payload[start:start + n].view(s))
@@ -91,19 +108,28 @@ class TorchDistTransport:
 
     def finish(self, handle) -> torch.Tensor:
         work, buf, device = handle
-        self._wait(work, "the gradient all-reduce")
+        self._wait(work, "the gradient all-reduce (every worker takes part)", None)
         return buf.to(device)
 
-    def _wait(self, work, what: str) -> None:
+    def _wait(self, work, what: str, peer: int | None) -> None:
+        limit = self.timeout.total_seconds()
         try:
             ok = work.wait(self.timeout)
         except RuntimeError as e:
-            raise TimeoutError(f"worker {self.rank}: waiting for {what} failed or timed out after "
-                               f"{self.timeout.total_seconds():.0f}s: {e}") from e
+            text = str(e)
+            who = f"worker {peer}" if peer is not None else "a peer"
+            if any(s in text.lower() for s in ("connection reset", "connection closed", "broken pipe", "eof")):
+                raise ConnectionError(f"worker {self.rank}: {who} closed or reset the connection while this worker "
+                                      f"was waiting for {what} (it probably died; its own error names the cause): "
+                                      f"{text.splitlines()[0][:300]}") from e
+            if "timed out" in text.lower() or "timeout" in text.lower():
+                raise TimeoutError(f"worker {self.rank}: waited {limit:.0f}s for {what}; {who} sent nothing "
+                                   f"(stopped, hung, or behind): {text.splitlines()[0][:200]}") from e
+            raise RuntimeError(f"worker {self.rank}: waiting for {what} failed: {text.splitlines()[0][:300]}") from e
         if ok is False:
-            raise TimeoutError(f"worker {self.rank}: {what} did not arrive within {self.timeout.total_seconds():.0f}s")
+            raise TimeoutError(f"worker {self.rank}: {what} did not arrive within {limit:.0f}s")
 
     def close(self) -> None:
         pending, self._pending = self._pending, []
         for work, _ in pending:
-            self._wait(work, "a send to complete")
+            self._wait(work, "a send to complete", None)

@@ -4,7 +4,6 @@ batches falls below 0.15 bits per recall step. Score: max_len_solved (the larges
 
     python examples/copy.py --mode dni --truncation 3 --seed 0 --budget-s 60 --json runs/copy.json
 """
-import _stdlib_first  # noqa: F401  (must stay first: this file's name shadows the stdlib's copy)
 import torch
 
 from dni_dist import SeqModel

@@ -1,0 +1,126 @@
+"""The one tick loop every runner runs: a worker, a transport, a schedule.
+
+Written as a generator that yields at the tick's three synchronisation points (before the
+forward, before receiving deltas, before finishing the all-reduce). Under torchrun or Ray each
+process simply exhausts it (a yield costs nothing); debug mode steps K of them in lockstep over
+the in-process transport. One protocol, so every mode computes the same thing.
+
+A tick, for each worker:
+  1. receive this tick's start state (and, on worker 0 with streams, a stream's final state);
+     forward; send the final state on at once, before its own backward;
+  2. backward with the synthetic gradient; send the delta back;
+  3. receive the deltas meant for this worker (``sync="overlap"``: the previous tick's);
+     accumulate the synthesizer's regression; start the all-reduce of every gradient;
+  4. finish the all-reduce and step (``overlap``: the previous tick's, one step stale).
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from .. import targets as tg
+from ..transport.base import Message
+from .schedule import Receive, Schedule
+from .worker import Worker
+
+
+def header(kind: str, batch: int, chunk: int, like) -> Message:
+    parts = tg.as_tuple(like)
+    return Message(kind, batch, chunk, tuple(tuple(t.shape) for t in parts), parts[0].dtype)
+
+
+def segments(cfg, start: int, stream_groups: int) -> Iterator[Schedule]:
+    """Batches ``[start, steps)`` cut at checkpoints. The pipeline drains at each cut so a
+    checkpoint holds no message in flight, and a resumed run repeats the same computation."""
+    every = cfg.checkpoint_every or cfg.steps
+    b = start
+    while b < cfg.steps:
+        n = min(every - b % every, cfg.steps - b)
+        workers = 1 if cfg.parallel == "data" else cfg.workers
+        yield Schedule(cfg.chunks, workers, n, first_batch=b, stream_groups=stream_groups,
+                       deltas=cfg.mode == "dni")
+        b += n
+
+
+class Timers:
+    """Seconds spent per phase of the tick, summed over the run (the scaling benchmark's breakdown)."""
+    PHASES = ("compute", "wait_state", "wait_delta", "all_reduce", "other")
+
+    def __init__(self):
+        self.s = dict.fromkeys(self.PHASES, 0.0)
+        self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.s[phase] += now - self._t
+        self._t = now
+
+
+def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=None,
+                on_tick=None, timers: Timers | None = None) -> Iterator[None]:
+    """Run one segment to its end, the pipeline drained. ``on_tick(tick)`` runs after each step."""
+    pos = worker.position
+    worker.begin(sched)
+    tm = timers or Timers()
+    late: list[Receive] = []  # overlap: deltas received one tick after they were sent
+    pending = None            # overlap: the all-reduce started last tick
+    for t in range(sched.ticks):
+        a = sched.action(pos, t)
+        yield
+        tm.lap("other")
+        _receive(worker, transport, sched.receives_before(pos, t))
+        tm.lap("wait_state")
+        poison = faults.before_chunk(pos, a, sched) if faults is not None and a is not None else False
+        _send(worker, transport, worker.forward(a, poison))
+        _send(worker, transport, worker.backward())
+        due = sched.receives_after(pos, t)
+        tm.lap("compute")
+        yield
+        tm.lap("other")
+        if sync == "exact":
+            _receive(worker, transport, due)
+            tm.lap("wait_delta")
+            handle = transport.start_all_reduce(worker.grad_buffer())
+            tm.lap("compute")
+            yield
+            tm.lap("other")
+            total = transport.finish(handle)
+            tm.lap("all_reduce")
+            worker.apply(total)
+        else:
+            _receive(worker, transport, late)
+            late = due
+            tm.lap("wait_delta")
+            buf = worker.grad_buffer()
+            tm.lap("compute")
+            yield
+            tm.lap("other")
+            if pending is not None:
+                total = transport.finish(pending)
+                tm.lap("all_reduce")
+                worker.apply(total)
+            pending = transport.start_all_reduce(buf)
+        tm.lap("compute")
+        if on_tick is not None:
+            on_tick(t)
+        tm.lap("other")
+    yield
+    if pending is not None:  # overlap: drain before the segment ends
+        worker.apply(transport.finish(pending))
+        worker.idle()
+        _receive(worker, transport, late)
+        handle = transport.start_all_reduce(worker.grad_buffer())
+        yield
+        worker.apply(transport.finish(handle))
+    _receive(worker, transport, sched.receives_at_drain(pos))
+
+
+def _receive(worker: Worker, transport, receives: list[Receive]) -> None:
+    for r in receives:
+        parts = transport.recv(r.src, header(r.kind, r.batch, r.chunk, worker.like))
+        worker.receive(r.kind, r.batch, r.chunk, tg.like(parts, worker.like))
+
+
+def _send(worker: Worker, transport, sends) -> None:
+    for s in sends:
+        transport.send(s.dst, header(s.kind, s.batch, s.chunk, s.state), list(tg.as_tuple(s.state)))

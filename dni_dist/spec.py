@@ -1,0 +1,113 @@
+"""What a user brings: a model, data, a loss and (optionally) an optimizer and an evaluation.
+
+    spec = dni_dist.Spec(model=build, batch=get_batch, loss=loss_fn)
+    result = dni_dist.fit(spec, dni_dist.Config(workers=2, truncation=4, chunks=8, steps=100))
+
+The engine owns the loop; a spec is builder functions in a dataclass (after torchtitan's
+``TrainSpec``). The same spec runs in debug mode, under torchrun and on Ray; on the command line
+it is named by import path: ``python -m dni_dist.train --spec package.module:spec``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Spec:
+    """A training problem for :func:`dni_dist.fit`.
+
+    Args:
+        model: ``() -> nn.Module`` whose ``forward(x, state)`` returns ``(out, state)``; ``state``
+            is None on a sequence's first chunk (as for ``nn.LSTM``/``nn.GRU``) and any PyTorch
+            RNN state form otherwise (a tensor, or an ``(h, c)`` tuple). Called after
+            ``torch.manual_seed(config.seed)`` on every worker, so every replica starts equal.
+        batch: ``(index) -> (x, y)`` or ``(x, y, mask)``: batch-first tensors whose time axis
+            (dim 1) is exactly ``config.chunks * config.truncation`` long. A pure function of
+            ``index``: every worker computes its own chunks from it, and resume is exact.
+        loss: ``(out, y, mask) -> scalar`` for one chunk (``mask`` is None when ``batch``
+            returns two tensors); back-propagated exactly as returned.
+        optimizer: ``(params) -> torch.optim.Optimizer``; default ``Adam(lr=config.lr)``.
+        evaluate: ``(model) -> dict of floats``, called on rank 0 every ``config.eval_every``
+            batches and at the end, under ``torch.no_grad()`` with the model in eval mode.
+        stream_groups: 0: every batch starts from None. G >= 1: batch i continues the streams
+            of batch i - G from the state that batch ended in (stateful TBPTT over a corpus).
+        synthesizer: keyword arguments for :class:`dni_dist.Synthesizer` (they override the
+            config's ``synth_lr``, ``factor`` and ``discount``).
+    """
+
+    model: Callable[[], torch.nn.Module]
+    batch: Callable[[int], tuple]
+    loss: Callable
+    optimizer: Callable | None = None
+    evaluate: Callable | None = None
+    stream_groups: int = 0
+    synthesizer: dict = field(default_factory=dict)
+    name: str = ""
+    """Where the spec came from (an import path), for messages and checkpoints."""
+
+    def __post_init__(self):
+        for attr in ("model", "batch", "loss"):
+            if not callable(getattr(self, attr)):
+                raise TypeError(f"Spec({attr}=...) must be callable; got {type(getattr(self, attr)).__name__}")
+        for attr in ("optimizer", "evaluate"):
+            value = getattr(self, attr)
+            if value is not None and not callable(value):
+                raise TypeError(f"Spec({attr}=...) must be callable or None; got {type(value).__name__}")
+        if isinstance(self.stream_groups, bool) or not isinstance(self.stream_groups, int) or self.stream_groups < 0:
+            raise ValueError(f"Spec(stream_groups={self.stream_groups!r}): expected an int >= 0")
+        if self.synthesizer is None:
+            self.synthesizer = {}
+        if not isinstance(self.synthesizer, dict):
+            raise TypeError(f"Spec(synthesizer=...) must be a dict of Synthesizer options; got "
+                            f"{type(self.synthesizer).__name__}")
+
+
+def load_spec(path: str) -> Spec:
+    """The :class:`Spec` named by ``"package.module:attr"`` (an attribute that is a Spec, or a
+    function of no arguments returning one)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--spec {path!r}: expected 'package.module:attribute', e.g. 'examples.own_model:spec'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(f"--spec {path!r}: cannot import module {module_name!r} ({e}); it must be importable "
+                          "on every worker (installed, or on PYTHONPATH / the working directory)") from e
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"--spec {path!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, Spec) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Spec):
+        raise TypeError(f"--spec {path!r}: expected a dni_dist.Spec (or a function returning one); got "
+                        f"{type(obj).__name__}")
+    if not obj.name:
+        obj.name = path
+    return obj
+
+
+def split_batch(spec: Spec, index: int, length: int):
+    """``spec.batch(index)`` checked against the data contract: ``(x, y, mask or None)``."""
+    got = spec.batch(index)
+    if not isinstance(got, (tuple, list)) or len(got) not in (2, 3):
+        raise TypeError(f"Spec.batch({index}) must return (x, y) or (x, y, mask); got "
+                        f"{type(got).__name__}{'' if not isinstance(got, (tuple, list)) else f' of {len(got)}'}")
+    x, y, mask = (*got, None) if len(got) == 2 else got
+    for label, t in (("x", x), ("y", y), ("mask", mask)):
+        if t is None and label == "mask":
+            continue
+        if not torch.is_tensor(t) or t.dim() < 2:
+            raise TypeError(f"Spec.batch({index}): {label} must be a batch-first tensor (B, {length}, ...); got "
+                            + (f"shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__))
+        if t.shape[1] != length:
+            raise ValueError(f"Spec.batch({index}): {label} has {t.shape[1]} steps (shape {tuple(t.shape)}) but "
+                             f"chunks * truncation = {length}; nothing is cut or padded silently: return "
+                             f"exactly {length} steps or change --chunks/--truncation")
+        if t.shape[0] != x.shape[0]:
+            raise ValueError(f"Spec.batch({index}): {label} has batch size {t.shape[0]} but x has {x.shape[0]}")
+    return x, y, mask
