@@ -19,6 +19,7 @@ VARIANTS = {  # name: Synthesizer options (everything else default)
     "no gate (injection not scaled by its measured fit)": {"gate": False},
     "gate tolerance 1 (least-squares shrinkage)": {"gate_tolerance": 1.0},
     "gate tolerance 4": {"gate_tolerance": 4.0},
+    "one backward: factor 0.5, discount 1 (the same targets as the defaults)": {"factor": 0.5, "discount": 1.0},
     "not normalised, lr 1e-4 (the issue's lead)": {"normalize": False, "lr": 1e-4},
     "normalised, lr 1e-4": {"lr": 1e-4},
     "normalised, lr 1e-2": {"lr": 1e-2},

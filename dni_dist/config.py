@@ -20,7 +20,7 @@ CHOICES = {
     "sync": ("exact", "overlap"),
     "backend": ("debug", "torch", "ray"),
     "device": ("cpu", "cuda"),
-    "fail_mode": ("raise", "kill", "nan"),
+    "fail_mode": ("raise", "kill", "stop", "nan"),
 }
 
 # Fields a resumed run may change: they do not change what is computed. Every other field must
@@ -131,7 +131,7 @@ class Config:
     fail_rank: int = 0
     """testing aid: which worker fails at --fail-at."""
     fail_mode: str = "raise"
-    """testing aid: 'raise' an exception, 'kill' the process (SIGKILL), or feed 'nan' inputs.
+    """testing aid: 'raise' an exception, 'kill' the process (SIGKILL), 'stop' it (SIGSTOP), or feed 'nan' inputs.
     With a checkpoint_dir, a failure happens once (a marker file records it)."""
     max_restarts: int = 0
     """Ray: restart the worker group from the last checkpoint this many times."""

@@ -235,3 +235,44 @@ def test_cells_and_device_dtype_follow_the_state(cell, is_lstm, shape):
 
 def test_public_surface():
     assert set(dni_dist.__all__) >= {"Synthesizer", "chunk_step", "alignment"}
+
+
+def _solve_then_vanish(gate: bool):
+    """Phase 1: the future gradient is a learnable function of the state (the synthesizer learns
+    it). Phase 2: the task is 'solved': the future gradient shrinks 1000x and turns into noise
+    unrelated to the state. Returns injected RMS / target RMS at the end of each phase."""
+    torch.manual_seed(0)
+    H, B = 8, 64
+    A = torch.randn(H, H) / math.sqrt(H)
+    enc = nn.RNNCell(4, H)
+    synth = Synthesizer(H, is_lstm=False, num_layers=1, lr=1e-2, gate=gate)
+    gen = torch.Generator().manual_seed(1)
+    ratios = []
+    for phase in (0, 1):
+        for _ in range(300 if phase == 0 else 600):
+            x = torch.randn(B, 3, 4, generator=gen)
+            h = torch.zeros(B, H)
+            for t in range(3):
+                h = enc(x[:, t], h)
+            h = synth.backward_synthetic(h)
+            if phase == 0:
+                loss = 0.5 * (h @ A.T).pow(2).sum() / B
+            else:
+                loss = 1e-3 * (h * torch.randn(B, H, generator=gen)).sum() / B
+            synth.backward_synthetic(h @ A.T, loss, last=True)
+            loss.backward()
+            synth.step()
+        g = synth.synthetic_gradient(h.detach())
+        true_rms = 1e-3 / B if phase else float(synth.target_ms.sqrt())  # phase 1: the noise's RMS
+        ratios.append(float(g.pow(2).mean().sqrt()) / true_rms)
+    return ratios, synth
+
+
+def test_a_solved_task_gets_no_injected_noise():
+    """Issue 12's mechanism in miniature: once the true future gradient vanishes into noise, the
+    ungated synthesizer (the behaviour before the fix) keeps injecting gradients larger than its
+    targets; the gated one stops injecting, and turns back on while it predicts."""
+    (learned, after), synth = _solve_then_vanish(gate=True)
+    assert learned > 0.5 and synth.stats.gate < 0.05 and after < 0.5, (learned, after, synth.stats)
+    (_, after_ungated), _ = _solve_then_vanish(gate=False)
+    assert after_ungated > 5.0, after_ungated  # what the gate prevents: noise 12x the true gradient

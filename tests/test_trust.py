@@ -239,3 +239,23 @@ def test_wrong_sized_payload_is_a_message_error(scenario, match):
         p.join(10)
     assert kind == "MessageError", msg
     assert "from worker 0" in msg and match in msg
+
+
+@pytest.mark.timeout(240)
+def test_a_frozen_worker_is_named_not_the_healthy_one(tmp_path):
+    """Worker 1 is SIGSTOPped mid-run: the error names worker 1, not the rank that waited."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dni_dist.train", "--chunks", "4", "--steps", "6", "--batch", "4", "--hidden", "8",
+           "--truncation", "3", "--delay", "3", "--no-progress", "--fail-at", "2", "--fail-rank", "1",
+           "--fail-mode", "stop", "--timeout-s", "5"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=180)
+    finally:
+        try:
+            os.killpg(p.pid, 9)  # the stopped worker too, if torchrun left it
+        except ProcessLookupError:
+            pass
+    assert p.returncode != 0
+    assert "worker 1 never reached it" in err or "from worker 1" in err, err[-3000:]

@@ -60,6 +60,13 @@ class Worker:
                     **(json.loads(cfg.synth_options) if cfg.synth_options else {})}
             self.synth = Synthesizer.for_state(self.like, **opts)
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
+        # Gradients accumulate straight into one flat buffer per tick (params' .grad are views of
+        # it), which is what the all-reduce sums in place: no copy in, no copy out. Two buffers
+        # alternate, so that with sync="overlap" the one in flight is never written.
+        size = sum(p.numel() for p in self.params + self.sparams) + EXTRA
+        dtype = self.params[0].dtype if self.params else torch.float32
+        self._bufs = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(2)]
+        self._cur = 0
         self.schedule: Schedule | None = None
         self._graph: ChunkGraph | None = None
         self._action: Action | None = None
@@ -124,10 +131,18 @@ class Worker:
     # ---------------------------------------------------------------- one tick
     def idle(self) -> None:
         """Clear this tick's gradients and targets (also the start of every tick)."""
-        self.opt.zero_grad(set_to_none=False)
-        if self.synth is not None:
-            self.synth.optimizer.zero_grad(set_to_none=False)
+        buf = self._bufs[self._cur]
+        buf.zero_()
+        self._bind(buf)
         self._loss, self._ran, self._skipped, self._targets = 0.0, 0, 0, []
+
+    def _bind(self, flat: torch.Tensor) -> None:
+        """Make every parameter's .grad a view of ``flat`` (model first, then synthesizer)."""
+        offset = 0
+        for p in self.params + self.sparams:
+            k = p.numel()
+            p.grad = flat[offset:offset + k].view_as(p)
+            offset += k
 
     def forward(self, a: Action | None, poison: bool = False) -> list[Send]:
         """Run the chunk's forward pass; returns the states to send on at once."""
@@ -213,11 +228,11 @@ class Worker:
         if self._targets:
             bounds, tars = zip(*self._targets)
             ev = self.synth.accumulate(list(bounds), list(tars))
-        parts = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
-                 for p in self.params + self.sparams]
+        buf = self._bufs[self._cur]
         extra = ev.tolist() + [self._loss, float(self._ran), float(self._skipped)]
-        parts.append(torch.tensor(extra, dtype=parts[0].dtype if parts else torch.float32, device=self.device))
-        return torch.cat(parts)
+        buf[-EXTRA:] = torch.tensor(extra, dtype=buf.dtype)
+        self._cur ^= 1
+        return buf
 
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
@@ -226,14 +241,10 @@ class Worker:
         loss, ran, skipped = total[-3:].tolist()
         grads = total[:n]
         if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
-            grads = grads / self.cfg.workers
+            grads.div_(self.cfg.workers)
         if ran > 0 and not bool(torch.isfinite(grads).all()):
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
-        offset = 0
-        for p in self.params:
-            k = p.numel()
-            p.grad = grads[offset:offset + k].view_as(p).clone()
-            offset += k
+        self._bind(total)
         if ran > 0:
             if self.cfg.clip:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
@@ -242,10 +253,6 @@ class Worker:
         self.skipped += int(skipped)
         self._check_divergence(int(ran), int(skipped))
         if self.synth is not None:
-            for p in self.sparams:
-                k = p.numel()
-                p.grad = total[offset:offset + k].view_as(p).clone()
-                offset += k
             self.synth.finish_update(ev)
 
     def _check_divergence(self, ran: int, skipped: int) -> None:

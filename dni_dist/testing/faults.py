@@ -1,4 +1,4 @@
-"""Fault injection: make one worker raise, die (SIGKILL) or see NaN inputs at a chosen batch.
+"""Fault injection: make one worker raise, die (SIGKILL), freeze (SIGSTOP) or see NaN inputs at a chosen batch.
 
 Driven by the config's ``fail_at`` / ``fail_rank`` / ``fail_mode`` (``--fail-*`` on the command
 line) so that the reliability tests can reach every launcher. With a checkpoint directory the
@@ -35,6 +35,8 @@ class Faults:
             open(marker, "w").close()
         if cfg.fail_mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if cfg.fail_mode == "stop":  # frozen, as by SIGSTOP: alive but silent
+            os.kill(os.getpid(), signal.SIGSTOP)
         if cfg.fail_mode == "raise":
             raise WorkerFailure(f"worker {position}: failing on purpose at batch {a.batch} (fail_at)")
         return True

@@ -63,7 +63,7 @@ class LocalTransport:
         took.add(self.rank)
         if len(took) == self.world:
             del hub.results[r]
-        return total
+        return total.clone()  # each worker steps from (and may clip) its own copy, as after a real all-reduce
 
     def all_reduce_sum(self, flat: torch.Tensor) -> torch.Tensor:
         return self.finish(self.start_all_reduce(flat))

@@ -65,6 +65,34 @@ class TorchDistTransport:
         self.groups = {"forward": dist.new_group(timeout=self.timeout),
                        "backward": dist.new_group(timeout=self.timeout)}
         self._pending: list = []
+        self._collectives = 0
+        try:  # where a rank whose collective timed out says so, so that the message can name who is stuck
+            self._store = dist.distributed_c10d._get_default_store()
+        except Exception:  # noqa: BLE001 - a private API: without it the message just names no one
+            self._store = None
+
+    def _laggards(self) -> str:
+        """After an all-reduce timed out: say so in the store, wait briefly for the others to say
+        the same, and name the ranks that did not (they never reached the collective)."""
+        if self._store is None:
+            return ""
+        key = f"dni_dist/timed-out/{self._collectives}"
+        try:
+            self._store.set(f"{key}/{self.rank}", "1")
+        except Exception:  # noqa: BLE001 - diagnostics only
+            return ""
+        stuck = []
+        for r in range(self.world):
+            if r == self.rank:
+                continue
+            try:
+                self._store.wait([f"{key}/{r}"], datetime.timedelta(seconds=3))
+            except Exception:  # noqa: BLE001 - it did not time out with us: it never arrived
+                stuck.append(r)
+        if not stuck:
+            return ""
+        return ("; " + ", ".join(f"worker {r}" for r in stuck) + " never reached it (stopped, hung, or much "
+                "slower than the others)")
 
     def send(self, dst: int, header: Message, tensors: list) -> None:
         group = self.groups[GROUP_OF[header.kind]]
@@ -108,6 +136,7 @@ class TorchDistTransport:
 
     def finish(self, handle) -> torch.Tensor:
         work, buf, device = handle
+        self._collectives += 1
         self._wait(work, "the gradient all-reduce (every worker takes part)", None)
         return buf.to(device)
 
@@ -123,11 +152,13 @@ class TorchDistTransport:
                                       f"was waiting for {what} (it probably died; its own error names the cause): "
                                       f"{text.splitlines()[0][:300]}") from e
             if "timed out" in text.lower() or "timeout" in text.lower():
+                late = self._laggards() if peer is None else ""
                 raise TimeoutError(f"worker {self.rank}: waited {limit:.0f}s for {what}; {who} sent nothing "
-                                   f"(stopped, hung, or behind): {text.splitlines()[0][:200]}") from e
+                                   f"(stopped, hung, or behind){late}: {text.splitlines()[0][:200]}") from e
             raise RuntimeError(f"worker {self.rank}: waiting for {what} failed: {text.splitlines()[0][:300]}") from e
         if ok is False:
-            raise TimeoutError(f"worker {self.rank}: {what} did not arrive within {limit:.0f}s")
+            late = self._laggards() if peer is None else ""
+            raise TimeoutError(f"worker {self.rank}: {what} did not arrive within {limit:.0f}s{late}")
 
     def close(self) -> None:
         pending, self._pending = self._pending, []
