@@ -63,11 +63,11 @@ def main():
     with open(os.path.join(args.out, "scaling.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(f"\n{'configuration':<40} {'K':>2} {'tokens/s':>9} {'x single':>8}   ms per tick: "
-          "compute / wait state / wait delta / all-reduce / other")
+          "compute / wait state / all-reduce / other")
     for r in rows:
         b = r["breakdown_ms_per_tick"]
         print(f"{r['name']:<40} {r['k']:>2} {r['tokens_per_s']:>9,.0f} {r['speedup']:>7.2f}x   "
-              f"{b['compute']:.1f} / {b['wait_state']:.1f} / {b['wait_delta']:.1f} / {b['all_reduce']:.1f} / "
+              f"{b['compute']:.1f} / {b['wait_state']:.1f} / {b['all_reduce']:.1f} / "
               f"{b['other']:.1f}")
     try:
         _plot(rows, os.path.join(args.out, "scaling.png"))
@@ -90,7 +90,7 @@ def _plot(rows, path):
     a.legend(fontsize=7)
     labels = [f"{r['name'][:22]} K={r['k']}" for r in rows]
     bottom = [0.0] * len(rows)
-    for phase in ("compute", "wait_state", "wait_delta", "all_reduce", "other"):
+    for phase in ("compute", "wait_state", "all_reduce", "other"):
         vals = [r["breakdown_ms_per_tick"][phase] for r in rows]
         b.barh(labels, vals, left=bottom, label=phase)
         bottom = [x + y for x, y in zip(bottom, vals)]

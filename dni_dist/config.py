@@ -93,7 +93,7 @@ class Config:
     every worker runs whole sequences on batch/workers rows; torch or ray backend)."""
     sync: str = "exact"
     """'exact' (all-reduce, then step, every tick: replicas equal one process) or 'overlap' (tick
-    t's all-reduce runs during tick t+1's compute and deltas are absorbed one tick later)."""
+    t's all-reduce runs during tick t+1's compute: every update applies a gradient one step stale)."""
     backend: str = "debug"
     """'debug' (one process simulates K workers), 'torch' (torchrun), 'ray'."""
     timeout_s: float = 120.0
@@ -179,8 +179,6 @@ class Config:
         if self.parallel == "data" and self.batch % k:
             raise ValueError(f"parallel='data' splits the batch: batch({self.batch}) must be a multiple of "
                              f"workers({k})")
-        if self.parallel == "data" and self.backend == "debug" and k > 1:
-            raise ValueError("parallel='data' runs under torchrun or Ray (backend 'torch' or 'ray'), not debug")
         if self.parallel == "pipeline" and self.chunks % k:
             raise ValueError(f"chunks({self.chunks}) must be a multiple of workers({k}): "
                              "each worker owns a contiguous block of chunks")

@@ -60,6 +60,8 @@ def resolve(cfg: Config) -> Config:
                            f"--nproc-per-node {cfg.workers or 2} -m dni_dist.train ...")
     elif not cfg.workers:
         cfg = dataclasses.replace(cfg, workers=1)
+    if cfg.parallel == "data" and cfg.backend == "debug" and cfg.workers > 1:
+        raise ValueError("parallel='data' runs under torchrun or Ray (backend 'torch' or 'ray'), not debug mode")
     return cfg
 
 

@@ -1,16 +1,16 @@
 """The one tick loop every runner runs: a worker, a transport, a schedule.
 
-Written as a generator that yields at the tick's three synchronisation points (before the
-forward, before receiving deltas, before finishing the all-reduce). Under torchrun or Ray each
+Written as a generator that yields at the tick's synchronisation points (before receiving, and
+with ``sync="exact"`` before finishing the all-reduce). Under torchrun or Ray each
 process simply exhausts it (a yield costs nothing); debug mode steps K of them in lockstep over
 the in-process transport. One protocol, so every mode computes the same thing.
 
 A tick, for each worker:
   1. receive this tick's start state (and, on worker 0 with streams, a stream's final state);
      forward; send the final state on at once, before its own backward;
-  2. backward with the synthetic gradient; send the delta back;
-  3. receive the deltas meant for this worker (``sync="overlap"``: the previous tick's);
-     accumulate the synthesizer's regression; start the all-reduce of every gradient;
+  2. backward with the synthetic gradient: the gradient that reaches the start state is the
+     target of the boundary there, regressed on here (the synthesizer is replicated);
+  3. accumulate the synthesizer's regression; start the all-reduce of every gradient;
   4. finish the all-reduce and step (``overlap``: the previous tick's, one step stale).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Iterator
 
 from .. import targets as tg
 from ..transport.base import Message
-from .schedule import Receive, Schedule
+from .schedule import Receive, Schedule  # noqa: F401 - Receive: what _receive takes
 from .worker import Worker
 
 
@@ -44,7 +44,7 @@ def segments(cfg, start: int, stream_groups: int) -> Iterator[Schedule]:
 
 class Timers:
     """Seconds spent per phase of the tick, summed over the run (the scaling benchmark's breakdown)."""
-    PHASES = ("compute", "wait_state", "wait_delta", "all_reduce", "other")
+    PHASES = ("compute", "wait_state", "all_reduce", "other")
 
     def __init__(self):
         self.s = dict.fromkeys(self.PHASES, 0.0)
@@ -62,7 +62,6 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
     pos = worker.position
     worker.begin(sched)
     tm = timers or Timers()
-    late: list[Receive] = []  # overlap: deltas received one tick after they were sent
     pending = None            # overlap: the all-reduce started last tick
     for t in range(sched.ticks):
         a = sched.action(pos, t)
@@ -72,15 +71,10 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
         tm.lap("wait_state")
         poison = faults.before_chunk(pos, a, sched) if faults is not None and a is not None else False
         _send(worker, transport, worker.forward(a, poison))
-        _send(worker, transport, worker.backward())
-        due = sched.receives_after(pos, t)
-        tm.lap("compute")
-        yield
-        tm.lap("other")
+        worker.backward()
+        buf = worker.grad_buffer()
         if sync == "exact":
-            _receive(worker, transport, due)
-            tm.lap("wait_delta")
-            handle = transport.start_all_reduce(worker.grad_buffer())
+            handle = transport.start_all_reduce(buf)
             tm.lap("compute")
             yield
             tm.lap("other")
@@ -88,13 +82,7 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
             tm.lap("all_reduce")
             worker.apply(total)
         else:
-            _receive(worker, transport, late)
-            late = due
-            tm.lap("wait_delta")
-            buf = worker.grad_buffer()
             tm.lap("compute")
-            yield
-            tm.lap("other")
             if pending is not None:
                 total = transport.finish(pending)
                 tm.lap("all_reduce")
@@ -107,11 +95,6 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
     yield
     if pending is not None:  # overlap: drain before the segment ends
         worker.apply(transport.finish(pending))
-        worker.idle()
-        _receive(worker, transport, late)
-        handle = transport.start_all_reduce(worker.grad_buffer())
-        yield
-        worker.apply(transport.finish(handle))
     _receive(worker, transport, sched.receives_at_drain(pos))
 
 

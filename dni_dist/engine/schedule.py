@@ -17,10 +17,11 @@ Messages (one tick = one chunk per worker, then one all-reduce):
   backward; the next worker uses it one tick later.
 - ``carry`` (streams): the last worker sends a batch's final state to worker 0, which receives
   it the tick after (or when the segment drains) and starts batch b + G from it.
-- ``delta``: the first chunk of a block (k > 0), and with streams the first chunk of a batch
-  that continues one of this segment, sends the gradient at its start state back; the owner of
-  that boundary uses it as the target of its prediction there, in the same tick's synthesizer
-  update (before the all-reduce that ends the tick).
+No gradient travels back: the chunk after a boundary holds both the boundary's state (its start
+state) and the gradient that reached it (delta), and the synthesizer is replicated, so that chunk
+regresses the synthesizer on them itself, in the same tick's update. (The paper's picture sends
+delta back to the worker that made the prediction; with replicas that is the same sum of
+regression terms, without a wait for the next worker's backward.)
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class Action:
 class Receive:
     """At this point of a tick, expect ``kind`` for boundary (batch, chunk) from worker ``src``."""
     src: int
-    kind: str      # "state", "carry" or "delta"
+    kind: str      # "state" or "carry"
     batch: int
     chunk: int     # the chunk whose END is the boundary
 
@@ -126,25 +127,9 @@ class Schedule:
         return a.batch - self.stream_groups
 
     def needs_delta(self, a: Action) -> bool:
-        """The chunk computes the gradient of its start state (someone holds that boundary)."""
-        if not self.deltas:
-            return False
-        if a.chunk > 0:
-            return True
-        prev = self.continues(a)
-        return prev is not None and prev >= self.first_batch  # held since this segment began
-
-    def keeps_boundary(self, a: Action) -> bool:
-        """The chunk's end is a boundary whose target will arrive within this segment."""
-        if not self.deltas:
-            return False
-        if a.chunk < self.chunks - 1:
-            return True
-        return bool(self.stream_groups) and a.batch + self.stream_groups <= self.last
-
-    def delta_to(self, a: Action) -> int:
-        """The worker that holds the boundary at ``a``'s start."""
-        return self.workers - 1 if a.chunk == 0 else self.owner(a.chunk - 1)
+        """The chunk computes the gradient of its start state: the target of the boundary there
+        (every chunk but a sequence's first; with streams, that one too when it continues one)."""
+        return self.deltas and (a.chunk > 0 or self.continues(a) is not None)
 
     # ---------------------------------------------------------------- receives, per worker and tick
     def receives_before(self, worker: int, tick: int) -> list[Receive]:
@@ -157,18 +142,6 @@ class Schedule:
             done = self._ended_at(tick - 1)
             if done is not None:
                 out.append(Receive(self.workers - 1, "carry", done, self.chunks - 1))
-        return out
-
-    def receives_after(self, worker: int, tick: int) -> list[Receive]:
-        """The deltas ``worker`` receives after its backward at ``tick`` (sent in the same tick)."""
-        out = []
-        for w in range(self.workers):
-            if w == worker:
-                continue  # a worker's own deltas never travel
-            a = self.action(w, tick)
-            if a is not None and self.needs_delta(a) and self.delta_to(a) == worker:
-                out.append(Receive(w, "delta", a.batch if a.chunk else self.continues(a),
-                                   a.chunk - 1 if a.chunk else self.chunks - 1))
         return out
 
     def receives_at_drain(self, worker: int) -> list[Receive]:

@@ -3,7 +3,7 @@
 It never calls torch.distributed or Ray, and knows no task or model class: everything comes from
 a :class:`dni_dist.Spec`. The tick loop (:mod:`dni_dist.engine.loop`) feeds it what arrived,
 sends what it returns, and reduces its gradient buffer with the other workers'. Per tick:
-``forward`` and ``backward`` (each returns the messages to send), ``receive`` (what arrived),
+``receive`` (what arrived), ``forward`` (returns the states to send on), ``backward``,
 ``grad_buffer`` -> all-reduce -> ``apply``.
 """
 from __future__ import annotations
@@ -72,7 +72,6 @@ class Worker:
         self._action: Action | None = None
         self._carry = None             # state handed from this worker's previous chunk
         self._received: dict = {}      # (kind, batch, chunk) -> state that arrived for a coming chunk
-        self._boundaries: dict = {}    # (batch, chunk) -> state at the end of that chunk (awaits a target)
         self._targets: list = []       # (boundary state, target) collected this tick
         self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
         self._loss, self._ran, self._skipped = 0.0, 0, 0
@@ -108,7 +107,6 @@ class Worker:
     def begin(self, schedule: Schedule) -> None:
         """Start a segment (the pipeline is empty between segments: nothing is in flight)."""
         self.schedule = schedule
-        self._boundaries.clear()  # left only by chunks skipped for a non-finite loss
         self._received.clear()
 
     # ---------------------------------------------------------------- data
@@ -176,51 +174,36 @@ class Worker:
                 self.streams[a.batch] = end
         return out
 
-    def backward(self) -> list[Send]:
-        """Back-propagate this tick's chunk (with its synthetic gradient); returns deltas to send."""
+    def backward(self) -> None:
+        """Back-propagate this tick's chunk (with its synthetic gradient) and keep the target of
+        the boundary at its start: ``(start state, delta)``.
+
+        The synthesizer is replicated, so whoever holds a boundary's state and its delta can
+        compute the regression there: the chunk *after* a boundary holds both (its start state
+        arrived with the state message, and the delta is its own). No gradient travels back, and
+        the sum over workers in the all-reduce is the same sum of regression terms.
+        """
         a, s = self._action, self.schedule
         if a is None:
-            return []
+            return
         streaming_end = bool(s.stream_groups) and a.chunk == s.chunks - 1
         inject = self.dni and (a.chunk < s.chunks - 1 or streaming_end)
-        res = chunk_backward(self._graph, self.synth, inject=inject)
-        self._graph = None
+        graph, self._graph = self._graph, None
+        res = chunk_backward(graph, self.synth, inject=inject)
         self._carry = res.state_end
-        delta = res.delta
         if res.skipped:
             self._skipped = 1
         else:
             self._loss, self._ran = res.loss, 1
-        if delta is None and s.needs_delta(a):  # skipped, or a reset stream: keep the protocol in
-            parts = tg.as_tuple(res.state_end)  # step with a target the receiver drops as non-finite
-            delta = tg.like([torch.full_like(t, float("nan")) for t in parts], res.state_end)
-        if s.keeps_boundary(a):
-            self._boundaries[(a.batch, a.chunk)] = res.state_end
-        if delta is None:
-            return []
-        batch, chunk = (a.batch, a.chunk - 1) if a.chunk else (s.continues(a), s.chunks - 1)
-        dst = s.delta_to(a)
-        if dst == self.position:
-            self.absorb(batch, chunk, delta)
-            return []
-        return [Send(dst, "delta", batch, chunk, delta)]
+            if res.delta is not None:
+                self._targets.append((graph.start, res.delta))
 
     def receive(self, kind: str, batch: int, chunk: int, state) -> None:
-        """A message arrived: a start state for a coming chunk, a stream's final state, or a delta."""
-        if kind == "delta":
-            self.absorb(batch, chunk, state)
-        elif kind == "carry":
+        """A message arrived: a start state for a coming chunk, or a stream's final state."""
+        if kind == "carry":
             self.streams[batch] = state
         else:
             self._received[(kind, batch, chunk)] = state
-
-    def absorb(self, batch: int, chunk: int, delta) -> None:
-        """A target arrived for the prediction this worker made after chunk ``chunk`` of ``batch``."""
-        boundary = self._boundaries.pop((batch, chunk), None)
-        if boundary is None:
-            raise RuntimeError(f"worker {self.position}: got a delta for boundary (batch {batch}, chunk {chunk}) "
-                               "it holds no prediction for")
-        self._targets.append((boundary, delta))
 
     def grad_buffer(self) -> torch.Tensor:
         """Model and synthesizer gradients of this tick plus the extra scalars, flattened, to be summed."""

@@ -2,8 +2,8 @@
 
 Each message is a fixed-size int64 header (kind, batch, chunk, dtype, shapes, payload size)
 followed by one contiguous payload, sent with non-blocking ``isend`` on a process group of its
-own per direction (forward states and stream carries, backward deltas), so neither queues behind
-the other or behind the all-reduce on the default group. The receiver checks the header, and the
+own (states forward, stream carries from the last worker to the first), so no message queues
+behind the all-reduce on the default group. The receiver checks the header, and the
 payload size it declares, before it posts the receive: a wrong sequence number, shape, dtype or
 size raises :class:`MessageError` naming the sender; nothing is truncated. The payload ends in a
 sentinel the receiver checks, so a short payload is an error, never uninitialised memory. Every
@@ -18,8 +18,7 @@ import torch.distributed as dist
 
 from .base import Message, MessageError
 
-KINDS = {"state": 1, "delta": 2, "carry": 3}
-GROUP_OF = {"state": "forward", "carry": "forward", "delta": "backward"}
+KINDS = {"state": 1, "carry": 3}
 SENTINEL = 8191.0  # exact in every float dtype we send
 DTYPES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4}
 HEADER = 16  # int64 slots: magic, kind, batch, chunk, dtype, payload size, ntensors, (ndim, dims...) packed
@@ -61,9 +60,9 @@ class TorchDistTransport:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.device = torch.device(device)
-        # one group per direction: states flow forward, deltas backward (collective calls: all ranks)
-        self.groups = {"forward": dist.new_group(timeout=self.timeout),
-                       "backward": dist.new_group(timeout=self.timeout)}
+        # point-to-point messages on a group of their own, so they never queue behind the all-reduce
+        # on the default group (creating a group is a collective call: all ranks)
+        self.group = dist.new_group(timeout=self.timeout)
         self._pending: list = []
         self._collectives = 0
         try:  # where a rank whose collective timed out says so, so that the message can name who is stuck
@@ -95,7 +94,7 @@ class TorchDistTransport:
                 "slower than the others)")
 
     def send(self, dst: int, header: Message, tensors: list) -> None:
-        group = self.groups[GROUP_OF[header.kind]]
+        group = self.group
         parts = [t.detach().reshape(-1) for t in tensors]
         payload = torch.cat(parts + [parts[0].new_full((1,), SENTINEL)]).to(self.device)
         h = _encode(header).to(self.device)
@@ -106,7 +105,7 @@ class TorchDistTransport:
             self._wait(work, f"a send to worker {dst}", dst)
 
     def recv(self, src: int, expected: Message) -> list:
-        group = self.groups[GROUP_OF[expected.kind]]
+        group = self.group
         h = torch.empty(HEADER, dtype=torch.int64, device=self.device)
         self._wait(dist.irecv(h, src, group=group), f"the header of {expected.describe()} from worker {src}", src)
         got, declared = _decode(h.cpu())
