@@ -257,3 +257,24 @@ def test_a_frozen_worker_is_named_not_the_healthy_one(tmp_path):
             pass
     assert p.returncode != 0
     assert "worker 1 never reached it" in err or "from worker 1" in err, err[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_a_local_ray_is_private(monkeypatch):
+    """Without --ray-address the run starts its own Ray (address="local"), even when RAY_ADDRESS
+    points at another job's cluster."""
+    ray = pytest.importorskip("ray")
+    from dni_dist.runners.ray_actors import init_ray
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there: attaching would fail
+    assert not ray.is_initialized()
+    assert init_ray(ray, Config(**SMALL))
+    try:
+        assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 2
+    finally:
+        ray.shutdown()
+
+
+def test_the_torchrun_wrapper_rendezvous_on_loopback():
+    text = open(os.path.join(ROOT, "launch", "torchrun.sh")).read()
+    assert '--rdzv-endpoint "127.0.0.1:$PORT"' in text and "GLOO_SOCKET_IFNAME" in text
+    assert "--standalone" not in text.split("exec", 1)[1]  # torchrun's standalone store binds every interface

@@ -85,14 +85,7 @@ def run(cfg: Config, spec=None, spec_value=None):
     if cfg.device == "cuda":
         raise ValueError("--backend ray --device cuda is not supported: the Ray actors reserve CPUs and talk "
                          "gloo. For GPUs launch with torchrun (NCCL, one GPU per process)")
-    started = False
-    if not ray.is_initialized():
-        if cfg.ray_address:
-            ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
-        else:  # a private instance on loopback: never attach to another job's cluster
-            ray.init(address="local", num_cpus=max(cfg.workers, 2), include_dashboard=False,
-                     log_to_driver=True, _node_ip_address="127.0.0.1")
-        started = True
+    started = init_ray(ray, cfg)
     actor_cls = _actor_class(ray)
     spec_bytes = None
     if spec_value is not None:
@@ -136,6 +129,20 @@ def run(cfg: Config, spec=None, spec_value=None):
     finally:
         if started:
             ray.shutdown()
+
+
+def init_ray(ray, cfg: Config) -> bool:
+    """Connect to ``cfg.ray_address``, or start a private instance (``address="local"``: never
+    attach to another job's cluster on this machine). Returns whether this call started Ray.
+    Note: Ray still advertises this machine's interface address for its own services (seen
+    here: GCS on 192.0.2.2); the actors' tensors go over gloo on 127.0.0.1 (SECURITY.md)."""
+    if ray.is_initialized():
+        return False
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=max(cfg.workers, 2), include_dashboard=False, log_to_driver=True)
+    return True
 
 
 def _is_spec_error(ray, e: Exception) -> bool:
