@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import targets as tg
+from .state_form import check_form, infer_form
 from .targets import State
 
 
@@ -183,21 +184,10 @@ class Synthesizer(nn.Module):
 
     def _infer(self, state: State) -> None:
         """Fill in size, is_lstm and num_layers left as None from a state the model returned."""
-        if self.is_lstm is None:
-            if isinstance(state, (tuple, list)) and len(state) == 2:
-                self.is_lstm = True
-            elif torch.is_tensor(state):
-                self.is_lstm = False
-            else:
-                raise TypeError(f"the RNN state must be a tensor or an (h, c) tuple; got {_describe(state)}")
-        first = tg.as_tuple(state)[0]
-        if not torch.is_tensor(first) or first.dim() not in (2, 3):
-            raise ValueError(f"the RNN state must hold (batch, H) or (num_layers, batch, H) tensors; got "
-                             f"{_describe(state)}")
-        if self.size is None:
-            self.size = int(first.shape[-1])
-        if self.num_layers is None:
-            self.num_layers = 1 if first.dim() == 2 else int(first.shape[0])
+        size, is_lstm, layers = infer_form(state)
+        self.size = size if self.size is None else self.size
+        self.is_lstm = is_lstm if self.is_lstm is None else self.is_lstm
+        self.num_layers = layers if self.num_layers is None else self.num_layers
 
     # ------------------------------------------------------------------ validation
     def check_state(self, state, name: str = "state") -> None:
@@ -205,37 +195,7 @@ class Synthesizer(nn.Module):
         A synthesizer created without its sizes takes them from the first state it checks."""
         if not self.built:
             self._infer(state)
-        if self.is_lstm:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                got = f"a Tensor of shape {tuple(state.shape)}" if torch.is_tensor(state) else type(state).__name__
-                raise TypeError(f"{name}: Synthesizer(is_lstm=True) expects the LSTM state as a tuple (h, c); got {got}")
-        elif not torch.is_tensor(state):
-            got = f"a tuple of {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
-            raise TypeError(f"{name}: Synthesizer(is_lstm=False) expects one state tensor; got {got} "
-                            "(for an LSTM's (h, c) create Synthesizer(..., is_lstm=True))")
-        parts = tg.as_tuple(state)
-        for label, t in zip(("h", "c"), parts):
-            if not torch.is_tensor(t) or not t.is_floating_point():
-                raise TypeError(f"{name}: {label} must be a floating-point tensor; got {type(t).__name__}"
-                                + (f" of dtype {t.dtype}" if torch.is_tensor(t) else ""))
-            if t.dim() not in (2, 3):
-                raise ValueError(f"{name}: {label} has shape {tuple(t.shape)}; expected (batch, {self.size}) "
-                                 f"or (num_layers={self.num_layers}, batch, {self.size})")
-            if t.shape[-1] != self.size:
-                raise ValueError(f"{name}: {label} has last dimension {t.shape[-1]} but Synthesizer(size={self.size}) "
-                                 f"expects {self.size}")
-            layers = 1 if t.dim() == 2 else t.shape[0]
-            if layers != self.num_layers:
-                if layers == 2 * self.num_layers:
-                    raise ValueError(f"{name}: {label} has {layers} = 2 x num_layers layers, as a bidirectional "
-                                     "RNN's state does; bidirectional RNNs are not supported (truncated BPTT with "
-                                     "a backward direction is not meaningful). If it is a unidirectional "
-                                     f"{layers}-layer RNN, create Synthesizer(..., num_layers={layers})")
-                raise ValueError(f"{name}: {label} has {layers} layer(s) but the Synthesizer was built with "
-                                 f"num_layers={self.num_layers}")
-        if len(parts) == 2 and parts[0].shape != parts[1].shape:
-            raise ValueError(f"{name}: h has shape {tuple(parts[0].shape)} but c has {tuple(parts[1].shape)}; "
-                             "they must match")
+        check_form(state, self.size, self.is_lstm, self.num_layers, name)
 
     def _follow(self, state: State) -> None:
         """Device and dtype follow the state (moved once, before the optimizer holds any state)."""
@@ -480,12 +440,4 @@ class Synthesizer(nn.Module):
         """Forget boundaries that are waiting for a target (e.g. between training and evaluation)."""
         self._pending.clear()
         self._last_hn = None
-
-
-def _describe(state) -> str:
-    if torch.is_tensor(state):
-        return f"a Tensor of shape {tuple(state.shape)}"
-    if isinstance(state, (tuple, list)):
-        return f"a {type(state).__name__} of {len(state)}: (" + ", ".join(_describe(t) for t in state) + ")"
-    return type(state).__name__
 
