@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 from .checkpoint import CheckpointError
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     ns, cfg = parse(p, argv)
     try:
         cfg = resolve(cfg)
-        if not under_torchrun() or int(__import__("os").environ.get("RANK", 0)) == 0:
+        if not under_torchrun() or int(os.environ.get("RANK", 0)) == 0:
             print("config: " + json.dumps({k: v for k, v in cfg.to_dict().items() if v != getattr(Config, k, None)
                                            or k in ("workers", "mode", "backend")}), file=sys.stderr, flush=True)
         if ns.compare:

@@ -16,8 +16,6 @@ from dni_dist import Synthesizer
 from dni_dist.checkpoint import CheckpointError, latest, save
 from dni_dist.config import Config
 from dni_dist.engine.worker import DivergenceError
-from dni_dist.fit import resolve_spec
-from dni_dist.runners import debug
 
 import user_spec
 from test_engine import SMALL, _free_port, run_debug, run_spawned
@@ -197,7 +195,7 @@ def _raw_pair(rank, port, scenario, q):
     import torch.distributed as dist
 
     from dni_dist.transport.base import Message
-    from dni_dist.transport.torch_dist import HEADER, TorchDistTransport, _encode
+    from dni_dist.transport.torch_dist import TorchDistTransport, _encode
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=20))
     tr = TorchDistTransport(timeout_s=5.0)

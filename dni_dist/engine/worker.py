@@ -63,7 +63,8 @@ class Worker:
         # Gradients accumulate straight into one flat buffer per tick (params' .grad are views of
         # it), which is what the all-reduce sums in place: no copy in, no copy out. Two buffers
         # alternate, so that with sync="overlap" the one in flight is never written.
-        size = sum(p.numel() for p in self.params + self.sparams) + EXTRA
+        self._n_model = sum(p.numel() for p in self.params)
+        size = self._n_model + sum(p.numel() for p in self.sparams) + EXTRA
         dtype = self.params[0].dtype if self.params else torch.float32
         self._bufs = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(2)]
         self._cur = 0
@@ -78,7 +79,7 @@ class Worker:
         self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
         self.skipped = 0               # chunks with a non-finite loss or gradient, over all workers
         self.stream_resets = 0         # stream states dropped for being non-finite
-        self.timers = None             # seconds per tick phase (set by the runner)
+        self.timers = None             # engine.loop.Timers: seconds per tick phase (set by the runner)
         self._recent = collections.deque(maxlen=cfg.divergence_window)  # (chunks run, skipped) per tick
 
     def _probe_state(self):
@@ -219,10 +220,9 @@ class Worker:
 
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
-        n = sum(p.numel() for p in self.params)
         ev = total[-EXTRA:-3].double().cpu()
         loss, ran, skipped = total[-3:].tolist()
-        grads = total[:n]
+        grads = total[:self._n_model]
         if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
             grads.div_(self.cfg.workers)
         if ran > 0 and not bool(torch.isfinite(grads).all()):

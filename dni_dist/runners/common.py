@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from ..checkpoint import CheckpointError, clean_temporary, latest, save
+from ..checkpoint import CheckpointError, check_writable, clean_temporary, latest, save
 from ..config import Config
 from ..engine.schedule import Schedule
 
@@ -40,7 +40,6 @@ def resume_point(cfg: Config, spec_name: str, worker) -> int:
 def prepare_paths(cfg: Config) -> None:
     """Check at start what would otherwise fail late: the checkpoint dir and the metrics paths."""
     if cfg.checkpoint_dir:
-        from ..checkpoint import check_writable
         check_writable(cfg.checkpoint_dir)
         clean_temporary(cfg.checkpoint_dir)
     for flag, path in (("--metrics-json", cfg.metrics_json), ("--metrics-csv", cfg.metrics_csv),
@@ -188,7 +187,7 @@ def metrics(cfg: Config, worker, wall_s: float, startup_s: float, batches: int, 
            "skipped_chunks": worker.skipped, "stream_resets": worker.stream_resets,
            "synth": None if synth is None else {"updates": synth.updates, "skill": synth.skill, "gate": synth.gate,
                                                  "nonfinite_targets": synth.nonfinite_targets},
-           "tick_breakdown_s": dict(getattr(worker, "timers", None).s) if getattr(worker, "timers", None) else {},
+           "tick_breakdown_s": dict(worker.timers.s) if worker.timers is not None else {},
            "config": cfg.to_dict(), "pid": os.getpid()}
     out.update(extra or {})
     return out
@@ -217,10 +216,7 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
     faults = Faults.from_config(cfg)
     worker.timers = Timers()
     for sched in segments(cfg, start, stream_groups(cfg, spec)):
-        on_tick = None
-        if reporter is not None:
-            def on_tick(t, sched=sched):
-                reporter.update(sched.first_batch + sched.done_by(t))
+        on_tick = None if reporter is None else (lambda t, s=sched: reporter.update(s.first_batch + s.done_by(t)))
         yield from run_segment(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers)
         if reporter is not None:
             maybe_checkpoint(cfg, spec.name, sched, worker)
