@@ -1,6 +1,8 @@
-"""Turn the grid's JSON results into docs/results.md and PNG plots under docs/.
+"""Turn grid folders of JSON results (run_grid.py) into tables (docs/results_grid.md) and PNG
+plots under docs/. docs/results.md is written by hand and links here.
 
     python benchmarks/report.py runs/grid --machine "2-core CPU, torch 2.13.0"
+    python benchmarks/report.py runs/wins_equal_updates --out /tmp/report   # anywhere else
 """
 import argparse
 import glob
@@ -55,66 +57,118 @@ def table(runs):
     return "\n".join(lines)
 
 
+def level_nr(level: int):
+    """Repeat-copy levels 1, 2, 3, ... -> (N, R) (the same map as examples/repeat_copy.py)."""
+    return (level + 2) // 2, (level + 1) // 2
+
+
+def solved_curve(task, curve):
+    """(seconds, score passed so far) from a curriculum run's curve. Newer runs store the score as
+    the fourth field; older ones stored only the level being attempted (passed = level - 1)."""
+    out = []
+    for p in curve:
+        if len(p) > 3:
+            score = p[3]
+        else:
+            passed = p[1] - 1
+            score = passed if task == "copy" else (0 if passed < 1 else level_nr(passed)[0] * level_nr(passed)[1])
+        out.append((p[0], score))
+    return out
+
+
+def save(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+STYLE = {"tbptt": ("tab:red", "--", "v"), "dni": ("tab:blue", "-", "o"), "bptt": ("tab:gray", ":", "s")}
+
+
 def plots(runs, out_dir, suffix=""):
+    """Curves of the curriculum and recall tasks, char-LM's validation bits/char per seed, and the
+    best curriculum length vs T. Each mode has its own colour, line style and marker, and modes
+    are offset a little along x where their points would coincide."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colors = {"tbptt": "tab:red", "dni": "tab:blue", "bptt": "tab:gray"}
     made = []
     for task in SCORES:
         keys = [k for k in runs if k[0] == task]
-        if not keys:
+        if not keys or task == "char_lm":
             continue
         ts = sorted({k[2] for k in keys})
         fig, axes = plt.subplots(1, len(ts), figsize=(5 * len(ts), 3.6), squeeze=False)
         for ax, t in zip(axes[0], ts):
             for mode in MODES:
+                color, ls, _ = STYLE[mode]
                 for i, r in enumerate(runs.get((task, mode, t), [])):
                     c = r.get("curve") or []
                     if not c:
                         continue
-                    xs = [p[0] for p in c]
-                    ys = [p[1] if task.startswith(("recall", "char")) else p[1] for p in c]
-                    ax.plot(xs, ys, color=colors[mode], alpha=0.7, lw=1, label=mode if i == 0 else None)
+                    pts = solved_curve(task, c) if task in ("copy", "repeat_copy") else [(p[0], p[1]) for p in c]
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=ls, alpha=0.8, lw=1.2,
+                            drawstyle="steps-post" if task in ("copy", "repeat_copy") else "default",
+                            label=mode if i == 0 else None)
             ax.set_title(f"{task}, T={t}")
             ax.set_xlabel("wall-clock seconds")
-            ax.set_ylabel({"copy": "curriculum N", "repeat_copy": "curriculum level",
-                           "char_lm": "train bits/char", }.get(task, "loss per step"))
+            ax.set_ylabel({"copy": "longest N passed", "repeat_copy": "longest N x R passed"}
+                          .get(task, "loss per step"))
             if task.startswith("recall"):
                 ax.set_yscale("log")
             ax.legend()
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"curves_{task}{suffix}.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        made.append(path)
-    # score vs T for the curriculum tasks
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, task in zip(axes, ["copy", "repeat_copy"]):
-        for mode in MODES:
-            ts = sorted({k[2] for k in runs if k[0] == task and k[1] == mode})
-            if not ts:
-                continue
-            means = [statistics.mean(r["max_len_solved"] for r in runs[(task, mode, t)]) for t in ts]
-            ax.plot(ts, means, "o-", color=colors[mode], label=mode)
-        ax.set_title(task)
+        made.append(save(fig, os.path.join(out_dir, f"curves_{task}{suffix}.png")))
+    # char-LM: the validation bits/char each seed ended at (what the tables compare)
+    ts = sorted({k[2] for k in runs if k[0] == "char_lm"})
+    if ts:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for j, mode in enumerate(MODES):
+            color, _, marker = STYLE[mode]
+            for t in ts:
+                vals = [r["valid_bpc"] for r in runs.get(("char_lm", mode, t), [])]
+                x = t + (j - 1) * 0.12
+                ax.plot([x] * len(vals), vals, marker, color=color, alpha=0.8,
+                        label=mode if t == ts[0] and vals else None)
+                if vals:
+                    ax.hlines(statistics.mean(vals), x - 0.08, x + 0.08, color=color)
+        ax.set_xticks(ts)
+        ax.set_xlim(min(ts) - 0.5, max(ts) + 0.5)
         ax.set_xlabel("truncation T")
-        ax.set_ylabel("max length solved (mean of seeds)")
+        ax.set_ylabel("validation bits/char (each seed; bar = mean)")
+        ax.set_title("char_lm")
         ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"max_len_vs_T{suffix}.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    made.append(path)
+        made.append(save(fig, os.path.join(out_dir, f"valid_bpc_char_lm{suffix}.png")))
+    # best curriculum score vs T for the curriculum tasks
+    if any(k[0] in ("copy", "repeat_copy") for k in runs):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for ax, task in zip(axes, ["copy", "repeat_copy"]):
+            all_ts = set()
+            for j, mode in enumerate(MODES):
+                color, ls, marker = STYLE[mode]
+                ts = sorted({k[2] for k in runs if k[0] == task and k[1] == mode})
+                if not ts:
+                    continue
+                all_ts |= set(ts)
+                means = [statistics.mean(r["max_len_solved"] for r in runs[(task, mode, t)]) for t in ts]
+                ax.plot([t + (j - 1) * 0.06 for t in ts], means, marker=marker, ls=ls, color=color, label=mode)
+            if all_ts:
+                ax.set_xticks(sorted(all_ts))
+                ax.set_xlim(min(all_ts) - 0.5, max(all_ts) + 0.5)
+            ax.set_title(task)
+            ax.set_xlabel("truncation T")
+            ax.set_ylabel("longest " + ("N" if task == "copy" else "N x R") + " passed (mean of seeds)")
+            ax.legend()
+        made.append(save(fig, os.path.join(out_dir, f"max_len_vs_T{suffix}.png")))
     return made
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("folders", nargs="+", help="grid folders, each written by run_grid.py")
+    p.add_argument("folders", nargs="+", help="grid folders, each written by run_grid.py (e.g. runs/grid)")
     p.add_argument("--budget-scales", default="", help="comma list, one per folder (as given to run_grid.py)")
     p.add_argument("--machine", default="this repository's 2-core CPU machine (no GPU), torch 2.13.0 CPU")
-    p.add_argument("--notes", default=os.path.join(ROOT, "benchmarks", "results_notes.md"))
     p.add_argument("--out", default=os.path.join(ROOT, "docs"))
     args = p.parse_args()
     scales = args.budget_scales.split(",") if args.budget_scales else ["1"] * len(args.folders)
@@ -140,18 +194,17 @@ Plots: {", ".join(f"[{os.path.basename(m)}]({os.path.basename(m)})" for m in mad
                 for r in rs:
                     score = SCORES[task][0]
                     f.write(f"{folder},{task},{mode},{t},{r['seed']},{score},{r[score]},{r['steps']},{r['wall_s']:.1f}\n")
-    notes = open(args.notes).read() if os.path.exists(args.notes) else ""
-    text = f"""# Results: synthetic gradients vs truncation
+    text = f"""# Grid results: synthetic gradients vs truncation (tables and plots)
 
 Generated by `python benchmarks/report.py {" ".join(args.folders)}{" --budget-scales " + args.budget_scales if args.budget_scales else ""}`
 on {args.machine}. Scores: delayed recall, the mean loss per target step over the last 50 batches
 (chance 0.693); copy and repeat-copy, the longest curriculum level passed (mean error < 0.15 bits
 per recall step over 20 batches); char-LM, validation bits per character (first 50k characters).
 Full BPTT is the ceiling (for char-LM: BPTT over the 8-chunk update window).
+What the numbers mean, and the later rounds: [results.md](results.md).
 
-{notes}
 {"".join(sections)}"""
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    with open(os.path.join(args.out, "results_grid.md"), "w") as f:
         f.write(text)
     print(text)
 

@@ -47,8 +47,9 @@ def plot(path, ks, ex, ov, rows):
     base = rows["single process (K=1)"]["tokens_per_s"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(ks, ks, ":", color="gray", label="ideal (K x one process)")
-    ax.plot(ks, ex, "o-", color="tab:blue", label="model, --sync exact")
-    ax.plot(ks, ov, "s-", color="tab:green", label="model, --sync overlap")
+    # the model's predictions: dashed, hollow markers; measurements: filled stars
+    ax.plot(ks, ex, "o--", mfc="none", color="tab:blue", label="MODEL (not measured), exact")
+    ax.plot(ks, ov, "s--", mfc="none", color="tab:green", label="MODEL (not measured), overlap")
     measured = [("pipeline K=2, torchrun", "tab:blue", "measured exact (torchrun)"),
                 ("pipeline K=2, Ray", "tab:purple", "measured exact (Ray)"),
                 ("pipeline K=2 overlap, torchrun", "tab:green", "measured overlap"),
@@ -60,7 +61,7 @@ def plot(path, ks, ex, ov, rows):
     ax.set_yscale("log", base=2)
     ax.set_xlabel("workers K")
     ax.set_ylabel("speedup over one process")
-    ax.set_title("engine throughput vs workers (DNI, LSTM H=256)")
+    ax.set_title("a model of speedup vs K (dashed); K=2 measured (stars)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

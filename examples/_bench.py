@@ -85,7 +85,7 @@ def curriculum(args, make_batch, level_name, n_levels_max, score_of, model, opt,
         steps += 1
         window.append(err)
         window = window[-args.window:]
-        curve.append([round(budget.elapsed(), 2), level, err])
+        curve.append([round(budget.elapsed(), 2), level, err, solved])  # level attempted, score passed
         if len(window) == args.window and sum(window) / len(window) < 0.15:
             solved = score_of(level)
             level, window = level + 1, []

