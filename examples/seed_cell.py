@@ -2,12 +2,15 @@
 plain-TBPTT twin, both printed.
 
 Fixed from the seed's text: the cell's state is (batch, hidden), the accumulated loss is reset
-after each window, and the counter truncates every TBPTT steps. Task: recall the bit DELAY steps
-back in one endless stream (DELAY > TBPTT: truncation never links a target to its input).
-Measured with the defaults (6000 steps, seed 0): TBPTT 0.662, DNI 0.690 per step — DNI does not
-win here yet (not diagnosed; a suspect: one boundary per update at batch 16 gives the
-synthesizer few, noisy targets). seed_lstm.py is the example where it does win (docs/tuning.md).
-    python examples/seed_cell.py [--steps 6000] [--seed 0]
+after each window, and the counter truncates every TBPTT steps. Task: recall the bit DELAY=5
+steps back in one endless stream, truncated every TBPTT=4 steps (truncation never links a
+target to its input; the same task as seed_lstm.py, without sequence ends).
+Measured with the defaults (30,000 steps, batch 32, 2-core CPU, a few minutes for both runs),
+loss per step over the last 1000 steps, TBPTT vs DNI: seed 0 0.662 vs 0.587, seed 1 0.689 vs
+0.608, seed 2 0.688 vs 0.328 (chance 0.693). The release before used DELAY=6, TBPTT=5, batch 16
+and 6000 steps: one synthesizer update per 5 steps gave it 1200 updates, too few to find the
+link (TBPTT 0.662 vs DNI 0.690), so the example now runs 7,500 windows of 32 streams.
+    python examples/seed_cell.py [--steps 30000] [--seed 0]
 """
 import argparse
 
