@@ -1,8 +1,10 @@
 """DNI's cost per update against plain truncated BPTT, through the seed API, in process CPU time
 (one thread; less sensitive to other load than wall-clock, but run it alone for numbers you quote).
 
-Shapes: the char-LM setting (embedding 65 -> LSTM H=128, T=5, B=32, a model step per chunk)
-and the engine's setting (LSTM H=256, T=16, B=32). Prints ms per chunk for TBPTT and DNI, their
+Data: Shakespeare characters (the synthesizer's gate, and with it whether the J^T g pass runs,
+depends on what it can predict, so random tokens would under-count it). Shapes: the char-LM
+setting (embedding -> LSTM H=128, T=5, B=32, a model step per chunk) and the engine's setting
+(LSTM H=256, T=16, B=32). Prints ms per chunk for TBPTT and DNI, their
 ratio, and where DNI's extra time goes (prediction, J^T g for the discounted target, synthesizer
 update). Writes JSON with --out.
 
@@ -20,9 +22,10 @@ from torch import nn
 from dni_dist import Synthesizer
 from dni_dist import synthesizer as synth_mod
 from dni_dist import targets as tg
+from dni_dist.tasks import CharCorpus, load_corpus
 
-SETTINGS = {"char-LM H=128 T=5": dict(hidden=128, T=5, vocab=65),
-            "engine H=256 T=16": dict(hidden=256, T=16, vocab=65)}
+SETTINGS = {"char-LM H=128 T=5": dict(hidden=128, T=5),
+            "engine H=256 T=16": dict(hidden=256, T=16)}
 
 
 class Spent:
@@ -48,13 +51,15 @@ class Spent:
             setattr(owner, name, fn)
 
 
-def run(mode, hidden, T, vocab, chunks, batch=32, synth_kw=None):
+def run(mode, hidden, T, chunks, batch=32, synth_kw=None):
     torch.manual_seed(0)
+    corpus = CharCorpus(load_corpus("shakespeare"))
+    vocab = corpus.vocab
     emb, rnn, head = nn.Embedding(vocab, hidden), nn.LSTM(hidden, hidden, batch_first=True), nn.Linear(hidden, vocab)
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
     synth = Synthesizer(**(synth_kw or {})) if mode == "dni" else None
-    x = torch.randint(0, vocab, (batch, (chunks + 20) * T + 1))
+    x = corpus.streams("train", batch)[:, :(chunks + 20) * T + 1]
     state = (torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden))
     spent = Spent()
     t0 = None

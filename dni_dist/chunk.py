@@ -61,7 +61,7 @@ def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
     loss, sg_part = graph.loss, None
     if inject:
         g = synth.synthetic_gradient(graph.end)
-        if graph.need_delta and synth.discount != 1.0:
+        if graph.need_delta and synth.discount != 1.0 and synth.injection_scale() > 0:  # g == 0: J^T g == 0
             sg_part = tg.synthetic_vjp(graph.end, graph.start, g)
         loss = loss + tg.surrogate(graph.end, g)
     loss.backward()

@@ -410,7 +410,8 @@ class Synthesizer(nn.Module):
         if last:
             return tg.detach_requires_grad(hn)
         g = self.synthetic_gradient(hn)
-        if self.discount != 1.0 and self._pending and self._pending[-1].call == self._calls - 1:
+        if self.discount != 1.0 and self.injection_scale() > 0 and self._pending \
+                and self._pending[-1].call == self._calls - 1:  # a zero injection has J^T g == 0: no extra backward
             prev = self._pending[-1]
             prev.sg_part = tg.synthetic_vjp(hn, prev.state, g)
         if loss is not None:
