@@ -87,7 +87,12 @@ def test_ray_cluster_job_matches_debug_mode(tmp_path):
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), *common], head_env, 180)
         common[-3], common[-1] = str(free_port()), str(free_port())
         run(["ray", "start", "--address", f"127.0.0.2:{gcs}", *common], head_env, 180)
-        status = run(["ray", "status", "--address", f"127.0.0.2:{gcs}"], head_env, 60).stdout
+        deadline = time.monotonic() + 90  # `ray status` reports a snapshot that lags a node's join
+        while True:
+            status = run(["ray", "status", "--address", f"127.0.0.2:{gcs}"], head_env, 60).stdout
+            if status.count(" node_") == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert status.count(" node_") == 2, status
 
         out = str(tmp_path / "job.json")
