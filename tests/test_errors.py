@@ -52,3 +52,20 @@ def test_refused_options(kw, match):
     args = {"size": 4, **kw}
     with pytest.raises(ValueError, match=match):
         Synthesizer(**args)
+
+
+def test_a_text_file_is_a_corpus_and_bad_names_say_what_is_expected(tmp_path):
+    from dni_dist.tasks import CharCorpus, load_corpus
+    text = "".join(f"line {i}: the quick brown fox\n" for i in range(1000))
+    path = tmp_path / "mine.txt"
+    path.write_text(text, encoding="utf-8")
+    splits = load_corpus(str(path))
+    assert splits["train"] + splits["valid"] + splits["test"] == text  # nothing dropped
+    assert len(splits["train"]) == int(0.9 * len(text))
+    assert CharCorpus(splits).streams("train", 4).shape[0] == 4
+    small = tmp_path / "small.txt"
+    small.write_text("too short", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"has 9 characters; expected at least 10,000"):
+        load_corpus(str(small))
+    with pytest.raises(ValueError, match=r"'shakespeare', 'ptb' or the path of a UTF-8 text file; got 'nope.txt'"):
+        load_corpus("nope.txt")
