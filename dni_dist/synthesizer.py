@@ -159,7 +159,7 @@ class Synthesizer(nn.Module):
         self._make_optimizer("cpu")
 
     def _make_optimizer(self, device_type: str) -> None:
-        # the default Adam runs fused where torch has the kernel: ~6x faster than the per-tensor loop
+        # the default Adam runs fused where torch has the kernel: 3-7x faster than the per-tensor loop
         # on CPU for a 512x512 synthesizer (benchmarks/cost_per_update.py prints both)
         fused = self.optimizer_cls is torch.optim.Adam and device_type in ("cpu", "cuda")
         self.optimizer = self.optimizer_cls(self.net.parameters(), lr=self.lr, **({"fused": True} if fused else {}))
