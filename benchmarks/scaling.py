@@ -42,35 +42,51 @@ def run(name, k, args, extra, batch):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2], help="worker counts, run in this order")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--mode", default="dni")
     p.add_argument("--out", default="runs/scaling")
+    p.add_argument("--replot", default="", help="only redraw the table and plot of this scaling.json")
     args = p.parse_args()
+    if args.replot:
+        rows = json.load(open(args.replot))
+        _report(rows, os.path.join(os.path.dirname(args.replot), "scaling.png"))
+        return
     os.makedirs(args.out, exist_ok=True)
     rows = [run("single process", 1, args, [], PER_WORKER_BATCH)]
     for k in [k for k in args.ks if k > 1]:
-        rows.append(run("pipeline exact", k, args, ["--sync", "exact"], PER_WORKER_BATCH))
-        rows.append(run("pipeline overlap", k, args, ["--sync", "overlap"], PER_WORKER_BATCH))
-        rows.append(run("data-parallel, same per-worker batch", k, args, ["--parallel", "data"], PER_WORKER_BATCH * k))
-        rows.append(run("data-parallel, batch split", k, args, ["--parallel", "data"], PER_WORKER_BATCH))
+        for name, extra, batch in [("pipeline exact", ["--sync", "exact"], PER_WORKER_BATCH),
+                                   ("pipeline overlap", ["--sync", "overlap"], PER_WORKER_BATCH),
+                                   ("data-parallel, same per-worker batch", ["--parallel", "data"],
+                                    PER_WORKER_BATCH * k),
+                                   ("data-parallel, batch split", ["--parallel", "data"], PER_WORKER_BATCH)]:
+            rows.append(run(name, k, args, extra, batch))
+            _save(rows, args.out)  # a run cut short by a time limit keeps what it measured
+    _save(rows, args.out)
+    _report(rows, os.path.join(args.out, "scaling.png"))
+
+
+def _save(rows, out):
     single = rows[0]["tokens_per_s"]
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / single
         t = sum(r["breakdown_s"].values()) or 1.0
         r["breakdown_ms_per_tick"] = {k: 1000 * v / max(r["ticks"], 1) for k, v in r["breakdown_s"].items()}
         r["breakdown_share"] = {k: v / t for k, v in r["breakdown_s"].items()}
-    with open(os.path.join(args.out, "scaling.json"), "w") as f:
+    with open(os.path.join(out, "scaling.json"), "w") as f:
         json.dump(rows, f, indent=1)
+
+
+def _report(rows, png):
     print(f"\n{'configuration':<40} {'K':>2} {'tokens/s':>9} {'x single':>8}   ms per tick: "
           "compute / wait state / all-reduce / other")
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["k"]):
         b = r["breakdown_ms_per_tick"]
         print(f"{r['name']:<40} {r['k']:>2} {r['tokens_per_s']:>9,.0f} {r['speedup']:>7.2f}x   "
               f"{b['compute']:.1f} / {b['wait_state']:.1f} / {b['all_reduce']:.1f} / "
               f"{b['other']:.1f}")
     try:
-        _plot(rows, os.path.join(args.out, "scaling.png"))
+        _plot(rows, png)
     except ImportError:
         print("matplotlib not installed: no plot")
 
@@ -82,7 +98,7 @@ def _plot(rows, path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     names = sorted({r["name"] for r in rows if r["k"] > 1})
     for name in names:
-        pts = [(1, rows[0]["tokens_per_s"])] + [(r["k"], r["tokens_per_s"]) for r in rows if r["name"] == name]
+        pts = [(1, rows[0]["tokens_per_s"])] + sorted((r["k"], r["tokens_per_s"]) for r in rows if r["name"] == name)
         a.plot(*zip(*pts), marker="o", label=name)
     a.set_xlabel("workers K (measured)")
     a.set_ylabel("tokens/s")

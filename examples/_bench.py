@@ -31,11 +31,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many batches too (0 = budget only)")
     p.add_argument("--clip", type=float, default=0.0, help="max grad norm (0 = off)")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
+    p.add_argument("--device", default="cpu", help="where the model and batches live (cpu, cuda, cuda:1, ...)")
     return p
 
 
 def setup(args, model):
     torch.set_num_threads(1)
+    model.to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     synth = None
     if args.mode == "dni":
@@ -69,17 +71,17 @@ class Budget:
 def bit_errors(model, x, y, mask, state=None):
     """Mean wrong bits per recall step of a batch (greedy threshold at 0.5)."""
     with torch.no_grad():
-        logits, _ = model(x, model.initial_state(x.shape[0]) if state is None else state)
+        logits, _ = model(x, model.initial_state(x.shape[0], device=x.device) if state is None else state)
         wrong = ((logits > 0).float() != y).float().sum(-1)
         return float((wrong * mask).sum() / mask.sum())
 
 
 def curriculum(args, make_batch, level_name, n_levels_max, score_of, model, opt, synth, budget):
-    level, solved, window, curve, steps = 1, 0, [], [], 0
+    level, solved, window, curve, steps, passed_at = 1, 0, [], [], 0, []
     gen = torch.Generator().manual_seed(args.seed)
     while budget.running(steps) and level <= n_levels_max:
         x, y, m = make_batch(level, gen)
-        x, y, m = pad_to_multiple(x, y, m, args.truncation)
+        x, y, m = (t.to(args.device) for t in pad_to_multiple(x, y, m, args.truncation))
         err = bit_errors(model, x, y, m)  # measured before training on the batch: held-out
         train_batch(model, synth, opt, x, y, m, args.truncation, args.mode, clip=args.clip)
         steps += 1
@@ -88,9 +90,12 @@ def curriculum(args, make_batch, level_name, n_levels_max, score_of, model, opt,
         curve.append([round(budget.elapsed(), 2), level, err, solved])  # level attempted, score passed
         if len(window) == args.window and sum(window) / len(window) < 0.15:
             solved = score_of(level)
+            passed_at.append([solved, steps])
             level, window = level + 1, []
         budget.log(f"{level_name}={level} bits/step={sum(window) / max(len(window), 1):.3f} solved={solved}")
-    return {"steps": steps, "wall_s": budget.elapsed(), "max_len_solved": solved, "curve": curve[::5]}
+    return {"steps": steps, "wall_s": budget.elapsed(), "max_len_solved": solved,
+            "passed_at": passed_at,  # [score passed, batches trained when it passed]
+            "curve": curve[::5]}
 
 
 def finish(args, result: dict) -> dict:

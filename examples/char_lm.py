@@ -24,8 +24,9 @@ from _bench import Budget, finish, parser, setup
 def evaluate(model, ids: torch.Tensor, batch: int) -> float:
     """Bits per character of a stateful pass over ``ids`` cut into ``batch`` streams."""
     per = ids.numel() // batch
-    streams = ids[: per * batch].view(batch, per)
-    state, total, count = model.initial_state(batch), 0.0, 0
+    device = next(model.parameters()).device
+    streams = ids[: per * batch].view(batch, per).to(device)
+    state, total, count = model.initial_state(batch, device=device), 0.0, 0
     with torch.no_grad():
         for s in range(0, per - 1, 256):
             x = streams[:, s:min(s + 256, per - 1)]
@@ -47,16 +48,16 @@ def main(argv=None):
     corpus = CharCorpus(load_corpus(args.corpus))
     model = SeqModel(corpus.vocab, args.hidden, corpus.vocab, loss="ce", vocab=True)
     opt, synth = setup(args, model)
-    streams = corpus.streams("train", args.batch)
+    streams = corpus.streams("train", args.batch).to(args.device)
     T = args.truncation
     span = T * args.window_chunks if args.mode == "bptt" else T
     window = T * args.window_chunks
     budget, pos, steps, curve = Budget(args), 0, 0, []
-    state = model.initial_state(args.batch)
-    ones = torch.ones(args.batch, span)
+    state = model.initial_state(args.batch, device=args.device)
+    ones = torch.ones(args.batch, span, device=args.device)
     while budget.running(steps):
         if pos + window + 1 > streams.shape[1]:
-            pos, state = 0, model.initial_state(args.batch)  # next epoch
+            pos, state = 0, model.initial_state(args.batch, device=args.device)  # next epoch
         total = 0.0
         for c in range(window // span):
             s = pos + c * span

@@ -27,7 +27,7 @@ def main(argv=None):
     length = args.chunks * args.truncation
     budget, losses, curve, solved_at = Budget(args), [], [], None
     while budget.running(len(losses)):
-        x, y, m = delayed_recall_batch(args.batch, length, args.delay, gen)
+        x, y, m = (t.to(args.device) for t in delayed_recall_batch(args.batch, length, args.delay, gen))
         total, _ = train_batch(model, synth, opt, x, y, m, args.truncation, args.mode, clip=args.clip)
         losses.append(total / (length - args.delay))
         recent = sum(losses[-50:]) / len(losses[-50:])
