@@ -34,6 +34,7 @@ def run(name, k, args, extra, batch):
         m = json.load(open(path))
     row = {"name": name, "k": k, "mode": args.mode, "tokens_per_s": m["tokens_per_s"], "wall_s": m["wall_s"],
            "startup_s": m["startup_s"], "batches": m["batches"], "breakdown_s": m["tick_breakdown_s"],
+           "breakdown_s_by_rank": m.get("tick_breakdown_s_by_rank", [m["tick_breakdown_s"]]),
            "ticks": len(m["losses"]),
            "command": " ".join(full[:full.index("--metrics-json")]).replace(sys.executable, "python")}
     print(json.dumps(row), flush=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import targets as tg
+from .optim import adam
 from .state_form import check_form, infer_form
 from .targets import State
 
@@ -156,13 +157,13 @@ class Synthesizer(nn.Module):
         nn.init.zeros_(out.weight)  # zero output layer: at start this is exactly plain TBPTT
         nn.init.zeros_(out.bias)
         self.net = nn.Sequential(*layers, out)
-        self._make_optimizer("cpu")
+        self._make_optimizer()
 
-    def _make_optimizer(self, device_type: str) -> None:
-        # the default Adam runs fused where torch has the kernel: 3-7x faster than the per-tensor loop
-        # on CPU for a 512x512 synthesizer (benchmarks/cost_per_update.py prints both)
-        fused = self.optimizer_cls is torch.optim.Adam and device_type in ("cpu", "cuda")
-        self.optimizer = self.optimizer_cls(self.net.parameters(), lr=self.lr, **({"fused": True} if fused else {}))
+    def _make_optimizer(self) -> None:
+        if self.optimizer_cls is torch.optim.Adam:
+            self.optimizer = adam(self.net.parameters(), self.lr)
+        else:
+            self.optimizer = self.optimizer_cls(self.net.parameters(), lr=self.lr)
 
     @property
     def built(self) -> bool:
@@ -215,7 +216,7 @@ class Synthesizer(nn.Module):
             raise ValueError(f"the state is on {h.device}/{h.dtype} but the synthesizer's trained weights are "
                              f"on {w.device}/{w.dtype}; move it with synth.to(...) before training")
         self.to(device=h.device, dtype=h.dtype)
-        self._make_optimizer(h.device.type)  # no state yet (checked above): rebuilt for the new device
+        self._make_optimizer()  # no state yet (checked above): rebuilt for the new device
 
     # ------------------------------------------------------------------ functional core
     def forward(self, state: State) -> State:

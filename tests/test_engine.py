@@ -287,3 +287,31 @@ def test_ray_run_longer_than_four_timeouts_completes():
     got = dni_dist.fit(user_spec.slow_spec, cfg)
     assert got.metrics["wall_s"] > 4 * cfg.timeout_s
     assert len(got.metrics["losses"]) == (60 + 1) * 2  # (batches + K - 1) * block ticks
+
+
+def test_the_finite_check_of_the_summed_gradient():
+    """One reduction decides the common case; a sum that overflows still counts as finite."""
+    from dni_dist.engine.worker import _finite
+    assert _finite(torch.ones(1000))
+    assert _finite(torch.full((4,), 3e38))  # the sum overflows to inf, every element is finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        g = torch.ones(1000)
+        g[517] = bad
+        assert not _finite(g)
+
+
+def test_default_adam_falls_back_where_torch_refuses_fused(monkeypatch):
+    from dni_dist import optim
+    real = torch.optim.Adam
+
+    def old_torch_adam(params, lr, fused=None):  # torch < 2.4 on CPU: no fused kernel
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be CUDA tensors")
+        return real(params, lr=lr)
+
+    monkeypatch.setattr(optim.torch.optim, "Adam", old_torch_adam)
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = optim.adam([p], 0.1)
+    assert isinstance(opt, real) and not opt.defaults["fused"]
+    monkeypatch.setattr(optim.torch.optim, "Adam", real)
+    assert optim.adam([p], 0.1).defaults["fused"]

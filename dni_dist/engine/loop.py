@@ -10,7 +10,8 @@ A tick, for each worker:
      forward; send the final state on at once, before its own backward;
   2. backward with the synthetic gradient: the gradient that reaches the start state is the
      target of the boundary there, regressed on here (the synthesizer is replicated);
-  3. accumulate the synthesizer's regression; start the all-reduce of every gradient;
+  3. accumulate the synthesizer's regression; start the all-reduce of every gradient (``exact``:
+     the model's part first, summed while the regression is computed);
   4. finish the all-reduce and step (``overlap``: the previous tick's, one step stale).
 """
 from __future__ import annotations
@@ -72,16 +73,19 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
         poison = faults.before_chunk(pos, a, sched) if faults is not None and a is not None else False
         _send(worker, transport, worker.forward(a, poison))
         worker.backward()
-        buf = worker.grad_buffer()
         if sync == "exact":
-            handle = transport.start_all_reduce(buf)
+            # Two all-reduces: the model's gradients are summed while the synthesizer's
+            # regression is computed (the same sums as one buffer, element by element).
+            model_part = transport.start_all_reduce(worker.model_grads())
+            rest = transport.start_all_reduce(worker.grad_rest())
             tm.lap("compute")
             yield
             tm.lap("other")
-            total = transport.finish(handle)
+            total = worker.joined(transport.finish(model_part), transport.finish(rest))
             tm.lap("all_reduce")
             worker.apply(total)
         else:
+            buf = worker.grad_buffer()
             tm.lap("compute")
             if pending is not None:
                 total = transport.finish(pending)

@@ -17,6 +17,7 @@ import torch
 from .. import targets as tg
 from ..chunk import ChunkGraph, chunk_backward, chunk_forward
 from ..config import Config
+from ..optim import adam
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from .schedule import Action, Schedule
@@ -39,6 +40,11 @@ class Send:
     state: object
 
 
+def _finite(flat: torch.Tensor) -> bool:
+    """No NaN or Inf in ``flat``: a finite sum proves it (one reduction instead of a mask)."""
+    return bool(torch.isfinite(flat.sum())) or bool(torch.isfinite(flat).all())
+
+
 class Worker:
     """One replica. ``position`` is its place in the pipeline (0 for a data-parallel replica,
     whose ``rows`` select its share of every batch)."""
@@ -51,7 +57,7 @@ class Worker:
         torch.manual_seed(cfg.seed)
         self.model = spec.model().to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = spec.optimizer(self.params) if spec.optimizer else torch.optim.Adam(self.params, lr=cfg.lr)
+        self.opt = spec.optimizer(self.params) if spec.optimizer else adam(self.params, cfg.lr)
         self._batch_cache: dict[int, tuple] = {}
         self.like = self._probe_state()
         self.synth = None
@@ -206,6 +212,16 @@ class Worker:
         else:
             self._received[(kind, batch, chunk)] = state
 
+    def model_grads(self) -> torch.Tensor:
+        """The model's part of this tick's buffer, final once :meth:`backward` ran: with
+        ``sync="exact"`` its all-reduce starts here and runs while the synthesizer's regression
+        (:meth:`grad_rest`) is computed."""
+        return self._bufs[self._cur][:self._n_model]
+
+    def grad_rest(self) -> torch.Tensor:
+        """The rest of this tick's buffer: the synthesizer's regression gradients and the scalars."""
+        return self.grad_buffer()[self._n_model:]
+
     def grad_buffer(self) -> torch.Tensor:
         """Model and synthesizer gradients of this tick plus the extra scalars, flattened, to be summed."""
         ev = torch.zeros(EVIDENCE, dtype=torch.float64)
@@ -218,6 +234,15 @@ class Worker:
         self._cur ^= 1
         return buf
 
+    def joined(self, model_total: torch.Tensor, rest_total: torch.Tensor) -> torch.Tensor:
+        """The summed buffer from its two parts. An in-place all-reduce (torch.distributed) summed
+        them in this worker's buffer already; the debug transport returns copies, put back here."""
+        buf = self._bufs[self._cur ^ 1]  # the buffer grad_rest handed out
+        for part, total in ((buf[:self._n_model], model_total), (buf[self._n_model:], rest_total)):
+            if total.data_ptr() != part.data_ptr():
+                part.copy_(total)
+        return buf
+
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
         ev = total[-EXTRA:-3].double().cpu()
@@ -225,7 +250,7 @@ class Worker:
         grads = total[:self._n_model]
         if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
             grads.div_(self.cfg.workers)
-        if ran > 0 and not bool(torch.isfinite(grads).all()):
+        if ran > 0 and not _finite(grads):
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
         self._bind(total)
         if ran > 0:

@@ -33,13 +33,21 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
     try:
         for _ in worker_run(cfg, spec, worker, transport, start, reporter):
             pass
+        by_rank = _gather_breakdowns(worker.timers.s, world)
         transport.close()
     except BaseException:
         if reporter is not None:
             reporter.close()
         raise
-    m = finish(cfg, worker, reporter, t0, t0 - t_build, start, {"rank": rank})
+    m = finish(cfg, worker, reporter, t0, t0 - t_build, start, {"rank": rank, "tick_breakdown_s_by_rank": by_rank})
     return worker.model, m
+
+
+def _gather_breakdowns(seconds: dict, world: int) -> list[dict]:
+    """Every rank's tick breakdown (rank 0's alone hides the slowest worker the others wait for)."""
+    got = [None] * world
+    dist.all_gather_object(got, seconds)
+    return got
 
 
 def init_from_env(cfg: Config) -> tuple[int, int]:
