@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,17 @@ def test_the_seed_call_sizes_itself_from_the_first_state(cell, layers):
         assert synth.num_layers == layers and synth.is_lstm == is_lstm and synth.size == 5
         assert synth.stats.targets == 2
         assert tg.as_tuple(synth(h))[0].shape == (layers, 2, 5)
+
+
+def test_curriculum_records_when_each_level_was_passed(monkeypatch, tmp_path):
+    """The benchmark examples' non-saturating score: the batch at which every level was passed."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    import copy_task
+    out = tmp_path / "copy.json"
+    r = copy_task.main(["--mode", "dni", "--truncation", "3", "--hidden", "32", "--batch", "16", "--max-steps", "400", "--lr", "0.01",
+                        "--window", "5", "--log-every", "1000", "--device", "cpu", "--json", str(out)])
+    assert r["passed_at"], "copy N=1 at T=3 is passed within 400 batches"
+    scores, steps = zip(*r["passed_at"])
+    assert list(scores) == list(range(1, len(scores) + 1)) and scores[-1] == r["max_len_solved"]
+    assert list(steps) == sorted(steps) and steps[-1] <= r["steps"] == 400
+    assert json.loads(out.read_text())["passed_at"] == r["passed_at"]
