@@ -139,6 +139,7 @@ class Synthesizer(nn.Module):
         self.register_buffer("target_ms", torch.zeros(()))
         # running means of <p, d>, <p, p>, <d, d> per element, in output units (the gate's evidence)
         self.register_buffer("fit", torch.zeros(3))
+        self._host: list[float] | None = None  # the two buffers as floats (see _read)
         self.net: nn.Sequential | None = None
         self.optimizer = None
         self.stats = SynthStats()
@@ -225,11 +226,27 @@ class Synthesizer(nn.Module):
         self._follow(state)
         return tg.unflatten_state(self._predict(tg.flatten_state(tg.detach(state))), state)
 
+    def _read(self) -> list[float]:
+        """``[target_ms, *fit]`` as Python floats. Read from the buffers once (and again after a
+        load or a move), then kept equal to them by every write, so an update reads no statistic
+        back from the device: on a GPU each such read is a host-device synchronisation."""
+        if self._host is None:
+            self._host = [float(self.target_ms), *self.fit.tolist()]
+        return self._host
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(), ...: values may be rounded
+        self._host = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host = None
+        super()._load_from_state_dict(*args, **kwargs)
+
     def _unit(self) -> float:
         """Size of one output unit in gradient units (the running target RMS when normalizing)."""
         if not self.normalize:
             return 1.0
-        ms = float(self.target_ms)
+        ms = self._read()[0]
         return ms ** 0.5 if ms > 0 else 1.0
 
     def _predict(self, flat: torch.Tensor) -> torch.Tensor:
@@ -240,7 +257,7 @@ class Synthesizer(nn.Module):
         (``factor`` alone without the gate)."""
         if not self.gate:
             return self.factor
-        pd, pp, _ = self.fit.tolist()
+        _, pd, pp, _ = self._read()
         return self.factor * (min(max(self.gate_tolerance * pd / pp, 0.0), 1.0) if pp > 0 else 0.0)
 
     @torch.no_grad()
@@ -267,11 +284,13 @@ class Synthesizer(nn.Module):
         if not self.normalize or not math.isfinite(mean_square) or not mean_square > 0:
             return
         old = self._unit()
-        ms = float(self.target_ms)
+        ms = self._read()[0]
         new_ms = mean_square if ms == 0 else self.scale_decay * ms + (1 - self.scale_decay) * mean_square
+        new_ms = torch.tensor(new_ms, dtype=self.target_ms.dtype).item()  # as the buffer stores it (on the host)
         if not math.isfinite(new_ms) or not new_ms > 0:
             return
         self.target_ms.fill_(new_ms)
+        self._host[0] = new_ms
         ratio = old / self._unit()
         out = self.net[-1]
         out.weight.mul_(ratio)
@@ -280,7 +299,7 @@ class Synthesizer(nn.Module):
     def scale_ready(self) -> bool:
         """False until the first targets have set the output unit (normalize=True): that batch
         only initialises the scale, since a step taken in the wrong units overshoots."""
-        return not self.normalize or float(self.target_ms) > 0
+        return not self.normalize or self._read()[0] > 0
 
     def accumulate(self, boundaries: list, targets: list) -> torch.Tensor:
         """Add the regression gradient of fresh predictions toward ``targets`` to ``.grad``.
@@ -346,15 +365,20 @@ class Synthesizer(nn.Module):
                     self.stats.skipped_updates += 1
                     warnings.warn("dni_dist: the synthesizer's gradient is NaN/Inf; update skipped", RuntimeWarning)
                 if math.isfinite(pd + pp + dd) and dd > 0:
-                    with torch.no_grad():
-                        new = torch.tensor([pd, pp, dd], dtype=self.fit.dtype, device=self.fit.device) / n
-                        self.fit.mul_(self.gate_decay).add_((1 - self.gate_decay) * new)
+                    with torch.no_grad():  # computed on the host (3 numbers), then written to the buffer
+                        fit = torch.tensor(self._read()[1:], dtype=self.fit.dtype)
+                        new = torch.tensor([pd, pp, dd], dtype=self.fit.dtype) / n
+                        fit.mul_(self.gate_decay).add_((1 - self.gate_decay) * new)
+                        values = fit.tolist()
+                        for i, v in enumerate(values):
+                            self.fit[i].fill_(v)  # a value, not a host-to-device copy: no wait
+                        self._host[1:] = values
                     self._report_fit()
             self.observe_targets(sq / n)
         self.optimizer.zero_grad(set_to_none=True)
 
     def _report_fit(self) -> None:
-        pd, pp, dd = self.fit.tolist()
+        _, pd, pp, dd = self._read()
         self.stats.skill = (2 * pd - pp) / dd if dd > 0 else 0.0
         self.stats.gate = self.injection_scale() / self.factor if self.factor else 0.0
 

@@ -276,3 +276,19 @@ def test_a_solved_task_gets_no_injected_noise():
     assert learned > 0.5 and synth.stats.gate < 0.05 and after < 0.5, (learned, after, synth.stats)
     (_, after_ungated), _ = _solve_then_vanish(gate=False)
     assert after_ungated > 5.0, after_ungated  # what the gate prevents: noise 12x the true gradient
+
+
+def test_statistics_read_on_the_host_follow_loads_and_moves():
+    """The gate and scale are read from host copies of the buffers; a load or a cast must refresh them."""
+    a, b = Synthesizer(4, is_lstm=False, num_layers=1), Synthesizer(4, is_lstm=False, num_layers=1)
+    assert a.injection_scale() == 0.0 and not a.scale_ready()  # reads (and caches) the zero buffers
+    b.fit.copy_(torch.tensor([0.3, 0.4, 1.0]))
+    b.target_ms.fill_(2.0)
+    a.load_state_dict(b.state_dict())
+    assert a.injection_scale() == pytest.approx(1.0) and a.scale_ready()  # clamp(2 * 0.3 / 0.4, 0, 1)
+    assert a._unit() == pytest.approx(2.0 ** 0.5)
+    a.fit[0] = 0.1  # a write behind the cache's back, then a move: the move re-reads
+    a.double()
+    assert a.injection_scale() == pytest.approx(0.5)
+    a.finish_update(torch.tensor([1.0, 3.0, 0.2, 0.4, 3.0], dtype=torch.float64))  # evidence of one target
+    assert a._read() == [float(a.target_ms), *a.fit.tolist()]  # the host copy equals the buffers after writes
