@@ -23,6 +23,22 @@ cat "$OUT/machine.txt"
 
 pin() { if command -v taskset >/dev/null; then taskset -c "$@"; else shift; "$@"; fi; }
 
+if [ "${PART:-all}" = gpu_cost ]; then
+  for tree in $PWD ${OLD:-}; do
+    for mode in tbptt dni; do
+      (cd "$tree/examples" && PYTHONPATH=$tree timeout 200 $PY delayed_recall.py --device "$DEVICE" --mode $mode \
+        --hidden "$HIDDEN" --batch "$BATCH" --max-steps "${SEQUENCES:-300}" --budget-s 180 --log-every 1000 \
+        | tail -n 1 | sed "s|^|$tree |")
+    done
+  done | tee "$OUT/gpu_cost.txt"
+  exit 0
+fi
+if [ "${PART:-all}" = scaling_rest ]; then
+  timeout 540 $PY benchmarks/scaling.py --ks 2 8 --steps "$STEPS" --out "$OUT" > "$OUT/scaling_log.txt" 2>&1
+  tail -n 12 "$OUT/scaling_log.txt"
+  exit 0
+fi
+
 pin "$SCALE_CORES" timeout $((BUDGET + 50)) $PY benchmarks/scaling.py --ks $KS --steps "$STEPS" --out "$OUT" \
   > "$OUT/scaling_log.txt" 2>&1 &
 
