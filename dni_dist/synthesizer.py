@@ -86,6 +86,10 @@ class Synthesizer(nn.Module):
         gate_decay: decay (per update) of the running sums the gate is computed from, in [0, 1).
         gate_tolerance: see ``gate``; 1 is the least-squares shrinkage (slower to learn in our
             ablation), larger values tolerate more over-confident predictions.
+        gate_significance: k >= 0. With k > 0 the gate uses ``<p, d> - k * SE`` instead of
+            ``<p, d>``, SE the standard error of its running mean (from a running mean of its square
+            per update), so evidence that a prediction helps must stand k standard errors above
+            zero before anything is injected. 0 (default) is the plain gate.
     """
 
     def __init__(self, size: int | None = None, is_lstm: bool | None = None, hidden_layers: int = 0,
@@ -94,7 +98,7 @@ class Synthesizer(nn.Module):
                  use_improvement: bool = True, *, num_layers: int | None = None, discount: float = 0.5,
                  centre: bool = True, clip: float | None = None, normalize: bool = True,
                  scale_decay: float = 0.99, gate: bool = True, gate_decay: float = 0.99,
-                 gate_tolerance: float = 2.0):
+                 gate_tolerance: float = 2.0, gate_significance: float = 0.0):
         super().__init__()
 
         def number(name, value, ok, expected):
@@ -118,6 +122,7 @@ class Synthesizer(nn.Module):
         number("scale_decay", scale_decay, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
         number("gate_decay", gate_decay, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
         number("gate_tolerance", gate_tolerance, lambda v: v >= 1.0, "a finite number >= 1")
+        number("gate_significance", gate_significance, lambda v: v >= 0.0, "a finite number >= 0")
         if clip is not None:
             number("clip", clip, lambda v: v > 0.0, "None or a finite number > 0")
         if allow_backwarding:
@@ -139,6 +144,9 @@ class Synthesizer(nn.Module):
         self.register_buffer("target_ms", torch.zeros(()))
         # running means of <p, d>, <p, p>, <d, d> per element, in output units (the gate's evidence)
         self.register_buffer("fit", torch.zeros(3))
+        self.gate_significance = float(gate_significance)
+        if self.gate_significance > 0:  # running mean of <p, d>^2 per update (only then: old checkpoints load)
+            self.register_buffer("fit_sq", torch.zeros(()))
         self._host: list[float] | None = None  # the two buffers as floats (see _read)
         self.net: nn.Sequential | None = None
         self.optimizer = None
@@ -232,6 +240,8 @@ class Synthesizer(nn.Module):
         back from the device: on a GPU each such read is a host-device synchronisation."""
         if self._host is None:
             self._host = [float(self.target_ms), *self.fit.tolist()]
+            if self.gate_significance > 0:
+                self._host.append(float(self.fit_sq))
         return self._host
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(), ...: values may be rounded
@@ -257,8 +267,18 @@ class Synthesizer(nn.Module):
         (``factor`` alone without the gate)."""
         if not self.gate:
             return self.factor
-        _, pd, pp, _ = self._read()
+        _, pd, pp, _ = self._read()[:4]
+        pd = pd - self.gate_significance * self._pd_error()
         return self.factor * (min(max(self.gate_tolerance * pd / pp, 0.0), 1.0) if pp > 0 else 0.0)
+
+    def _pd_error(self) -> float:
+        """Standard error of the running mean of <p, d>: its per-update spread times the running
+        mean's shrinkage sqrt((1 - decay) / (1 + decay)) (0 without gate_significance)."""
+        if self.gate_significance <= 0:
+            return 0.0
+        host = self._read()
+        var = max(host[4] - host[1] ** 2, 0.0)
+        return math.sqrt(var * (1 - self.gate_decay) / (1 + self.gate_decay))
 
     @torch.no_grad()
     def synthetic_gradient(self, state: State) -> State:
@@ -366,19 +386,24 @@ class Synthesizer(nn.Module):
                     warnings.warn("dni_dist: the synthesizer's gradient is NaN/Inf; update skipped", RuntimeWarning)
                 if math.isfinite(pd + pp + dd) and dd > 0:
                     with torch.no_grad():  # computed on the host (3 numbers), then written to the buffer
-                        fit = torch.tensor(self._read()[1:], dtype=self.fit.dtype)
+                        fit = torch.tensor(self._read()[1:4], dtype=self.fit.dtype)
                         new = torch.tensor([pd, pp, dd], dtype=self.fit.dtype) / n
                         fit.mul_(self.gate_decay).add_((1 - self.gate_decay) * new)
                         values = fit.tolist()
                         for i, v in enumerate(values):
                             self.fit[i].fill_(v)  # a value, not a host-to-device copy: no wait
-                        self._host[1:] = values
+                        self._host[1:4] = values
+                        if self.gate_significance > 0:
+                            sq_pd = self._host[4] * self.gate_decay + (1 - self.gate_decay) * (pd / n) ** 2
+                            sq_pd = torch.tensor(sq_pd, dtype=self.fit.dtype).item()
+                            self.fit_sq.fill_(sq_pd)
+                            self._host[4] = sq_pd
                     self._report_fit()
             self.observe_targets(sq / n)
         self.optimizer.zero_grad(set_to_none=True)
 
     def _report_fit(self) -> None:
-        _, pd, pp, dd = self._read()
+        _, pd, pp, dd = self._read()[:4]
         self.stats.skill = (2 * pd - pp) / dd if dd > 0 else 0.0
         self.stats.gate = self.injection_scale() / self.factor if self.factor else 0.0
 

@@ -292,3 +292,22 @@ def test_statistics_read_on_the_host_follow_loads_and_moves():
     assert a.injection_scale() == pytest.approx(0.5)
     a.finish_update(torch.tensor([1.0, 3.0, 0.2, 0.4, 3.0], dtype=torch.float64))  # evidence of one target
     assert a._read() == [float(a.target_ms), *a.fit.tolist()]  # the host copy equals the buffers after writes
+
+
+@pytest.mark.parametrize("mean, gate_open", [(0.003, False), (0.05, True)])
+def test_significance_gate_opens_only_on_evidence_above_its_noise(mean, gate_open):
+    """gate_significance=2: <p, d> must stand two standard errors above zero. Evidence that
+    alternates +-0.1 around a small positive mean opens the plain gate, not the tested one."""
+    sig = Synthesizer(4, is_lstm=False, num_layers=1, gate_significance=2.0)
+    plain = Synthesizer(4, is_lstm=False, num_layers=1)
+    for s in (sig, plain):
+        s.target_ms.fill_(1.0)
+    for i in range(400):
+        pd = mean + (0.1 if i % 2 else -0.1)  # ends on +
+        for s in (sig, plain):
+            s.finish_update(torch.tensor([1.0, 1.0, pd, 0.04, 1.0], dtype=torch.float64))
+    assert plain.injection_scale() > 0
+    assert (sig.injection_scale() > 0) == gate_open
+    assert sig._pd_error() == pytest.approx(0.1 * (0.01 / 1.99) ** 0.5, rel=0.05) and plain._pd_error() == 0.0
+    with pytest.raises(ValueError, match="gate_significance"):
+        Synthesizer(4, gate_significance=-1.0)
