@@ -18,7 +18,7 @@ PY=$(command -v python3 || command -v python)
 { date -u; nproc; lscpu 2>/dev/null | grep -E "Model name|Thread|Core|Socket|NUMA node. CPU"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
   $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
-  echo "scaling on cores $SCALE_CORES; copy runs on cores ${GPU_CORES[*]}"; } > "$OUT/machine.txt" 2>&1
+  echo "part ${PART:-all}; all: scaling on cores $SCALE_CORES, copy runs on cores ${GPU_CORES[*]}"; } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
 pin() { if command -v taskset >/dev/null; then taskset -c "$@"; else shift; "$@"; fi; }
