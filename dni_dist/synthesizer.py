@@ -147,7 +147,7 @@ class Synthesizer(nn.Module):
         self.gate_significance = float(gate_significance)
         if self.gate_significance > 0:  # running mean of <p, d>^2 per update (only then: old checkpoints load)
             self.register_buffer("fit_sq", torch.zeros(()))
-        self._host: list[float] | None = None  # the two buffers as floats (see _read)
+        self._host: list[float] | None = None  # the statistics buffers as floats (see _read)
         self.net: nn.Sequential | None = None
         self.optimizer = None
         self.stats = SynthStats()
@@ -235,7 +235,7 @@ class Synthesizer(nn.Module):
         return tg.unflatten_state(self._predict(tg.flatten_state(tg.detach(state))), state)
 
     def _read(self) -> list[float]:
-        """``[target_ms, *fit]`` as Python floats. Read from the buffers once (and again after a
+        """``[target_ms, *fit(, fit_sq)]`` as Python floats. Read from the buffers once (and again after a
         load or a move), then kept equal to them by every write, so an update reads no statistic
         back from the device: on a GPU each such read is a host-device synchronisation."""
         if self._host is None:
