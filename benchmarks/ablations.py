@@ -1,5 +1,5 @@
 """Which parts of the synthesizer's recipe matter? Delayed recall D=5, T=4 (TBPTT cannot learn
-it), a fixed number of sequences per run, 3 seeds per variant; each variant changes one
+it; ``--delay 8``: two cuts back), a fixed number of sequences per run, 3 seeds per variant; each variant changes one
 default of Synthesizer. Writes a JSON per run and a markdown table.
 
     python benchmarks/ablations.py --out runs/ablations --sequences 1200 --lanes 1
@@ -27,6 +27,8 @@ VARIANTS = {  # name: Synthesizer options (everything else default)
     "discount 1 (paper's bootstrap)": {"discount": 1.0},
     "discount 0": {"discount": 0.0},
     "injection scale 3": {"factor": 3.0},
+    "discount 0.8": {"discount": 0.8},
+    "one hidden layer": {"hidden_layers": 1},
 }
 
 
@@ -37,6 +39,7 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--seed-offset", type=int, default=0, help="first seed (held-out replications: 10)")
     p.add_argument("--lanes", type=int, default=1)
+    p.add_argument("--delay", type=int, default=5, help="D: 5 is one cut back at T=4, 8 is two cuts")
     p.add_argument("--only", default="", help="comma-separated variant indices to run (default: all)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -49,7 +52,7 @@ def main():
             out = os.path.join(args.out, f"v{i}_s{seed}.json")
             if not os.path.exists(out):
                 jobs.append([sys.executable, os.path.join(ROOT, "examples", "delayed_recall.py"), "--mode", "dni",
-                             "--truncation", "4", "--delay", "5", "--seed", str(seed), "--budget-s", "100000",
+                             "--truncation", "4", "--delay", str(args.delay), "--seed", str(seed), "--budget-s", "100000",
                              "--max-steps", str(args.sequences), "--synth-kw", json.dumps(kw), "--json", out,
                              "--log-every", "100000"])
     with ThreadPoolExecutor(args.lanes) as ex:

@@ -2,9 +2,11 @@
 (exact, overlap) against data parallelism (the same per-worker batch, and the batch split), the
 same model (nn.LSTM H=256, B=32 per worker, T=16, 8 chunks, DNI), one thread a process.
 
-    python benchmarks/scaling.py --ks 1 2 --steps 200 --out runs/scaling
+    python benchmarks/scaling.py --ks 1 2 --steps 200 --repeats 3 --out runs/scaling
 Every clock starts after the model is built (start-up reported apart). Runs one configuration
-at a time; run it alone on the machine. Writes scaling.json and scaling.png.
+at a time; run it alone on the machine. "K independent single processes" runs K copies of the
+single process at once (tokens/s summed): no K-worker mode can beat what the machine gives them.
+Writes scaling.json (one row per configuration, its median run) and scaling.png.
 """
 import argparse
 import json
@@ -19,24 +21,33 @@ PER_WORKER_BATCH = 32
 
 def run(name, k, args, extra, batch):
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "m.json")
-        if k == 1:
+        paths = [os.path.join(d, f"m{i}.json") for i in range(k)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+        if extra is None:  # k independent single processes at once: what the machine allows any K-worker mode
             cmd = [sys.executable, "-m", "dni_dist.train", "--workers", "1"]
+            extra, launches = [], k
+        elif k == 1:
+            cmd = [sys.executable, "-m", "dni_dist.train", "--workers", "1"]
+            launches = 1
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(k),
                    "-m", "dni_dist.train"]
-        full = cmd + COMMON + extra + ["--batch", str(batch), "--steps", str(args.steps), "--mode", args.mode,
-                                       "--metrics-json", path]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-        r = subprocess.run(full, capture_output=True, text=True, env=env, timeout=3600)
-        if r.returncode:
-            raise RuntimeError(f"{name} failed:\n{r.stderr[-2000:]}")
-        m = json.load(open(path))
-    row = {"name": name, "k": k, "mode": args.mode, "tokens_per_s": m["tokens_per_s"], "wall_s": m["wall_s"],
-           "startup_s": m["startup_s"], "batches": m["batches"], "breakdown_s": m["tick_breakdown_s"],
+            launches = 1
+        full = cmd + COMMON + extra + ["--batch", str(batch), "--steps", str(args.steps), "--mode", args.mode]
+        procs = [subprocess.Popen(full + ["--metrics-json", paths[i]], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env=env) for i in range(launches)]
+        for p in procs:
+            _, err = p.communicate(timeout=3600)
+            if p.returncode:
+                raise RuntimeError(f"{name} failed:\n{err[-2000:]}")
+        ms = [json.load(open(paths[i])) for i in range(launches)]
+    m = ms[0]
+    row = {"name": name, "k": k, "mode": args.mode, "tokens_per_s": sum(x["tokens_per_s"] for x in ms),
+           "wall_s": m["wall_s"], "startup_s": m["startup_s"], "batches": m["batches"],
+           "breakdown_s": m["tick_breakdown_s"],
            "breakdown_s_by_rank": m.get("tick_breakdown_s_by_rank", [m["tick_breakdown_s"]]),
            "ticks": len(m["losses"]),
-           "command": " ".join(full[:full.index("--metrics-json")]).replace(sys.executable, "python")}
+           "command": (f"{launches} x " if launches > 1 else "") + " ".join(full).replace(sys.executable, "python")}
     print(json.dumps(row), flush=True)
     return row
 
@@ -45,6 +56,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2], help="worker counts, run in this order")
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every configuration this many times, round robin (the medians are reported): "
+                        "a shared machine's speed drifts by several percent between runs")
     p.add_argument("--mode", default="dni")
     p.add_argument("--out", default="runs/scaling")
     p.add_argument("--replot", default="", help="only redraw the table and plot of this scaling.json")
@@ -54,20 +68,30 @@ def main():
         _report(rows, os.path.join(os.path.dirname(args.replot), "scaling.png"))
         return
     os.makedirs(args.out, exist_ok=True)
-    rows = [run("single process", 1, args, [], PER_WORKER_BATCH)]
+    configs = [("single process", 1, [], PER_WORKER_BATCH)]
     for k in [k for k in args.ks if k > 1]:
-        for name, extra, batch in [("pipeline exact", ["--sync", "exact"], PER_WORKER_BATCH),
-                                   ("pipeline overlap", ["--sync", "overlap"], PER_WORKER_BATCH),
-                                   ("data-parallel, same per-worker batch", ["--parallel", "data"],
-                                    PER_WORKER_BATCH * k),
-                                   ("data-parallel, batch split", ["--parallel", "data"], PER_WORKER_BATCH)]:
-            rows.append(run(name, k, args, extra, batch))
-            _save(rows, args.out)  # a run cut short by a time limit keeps what it measured
-    _save(rows, args.out)
+        configs += [(f"{k} independent single processes (ceiling)", k, None, PER_WORKER_BATCH),
+                    ("pipeline exact", k, ["--sync", "exact"], PER_WORKER_BATCH),
+                    ("pipeline overlap", k, ["--sync", "overlap"], PER_WORKER_BATCH),
+                    ("data-parallel, same per-worker batch", k, ["--parallel", "data"], PER_WORKER_BATCH * k),
+                    ("data-parallel, batch split", k, ["--parallel", "data"], PER_WORKER_BATCH)]
+    runs = []
+    for rep in range(args.repeats):
+        for name, k, extra, batch in configs:
+            runs.append({**run(name, k, args, extra, batch), "repeat": rep})
+            rows = _save(runs, args.out)  # a run cut short by a time limit keeps what it measured
     _report(rows, os.path.join(args.out, "scaling.png"))
 
 
-def _save(rows, out):
+def _save(runs, out):
+    """One row per configuration: the run with the median tokens/s (its breakdown), every run's
+    tokens/s beside it, and the speedup over the single process's median."""
+    rows = []
+    for key in dict.fromkeys((r["name"], r["k"]) for r in runs):
+        mine = sorted((r for r in runs if (r["name"], r["k"]) == key), key=lambda r: r["tokens_per_s"])
+        row = dict(mine[(len(mine) - 1) // 2])
+        row["tokens_per_s_runs"] = [r["tokens_per_s"] for r in runs if (r["name"], r["k"]) == key]
+        rows.append(row)
     single = rows[0]["tokens_per_s"]
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / single
@@ -76,6 +100,7 @@ def _save(rows, out):
         r["breakdown_share"] = {k: v / t for k, v in r["breakdown_s"].items()}
     with open(os.path.join(out, "scaling.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    return rows
 
 
 def _report(rows, png):

@@ -1,4 +1,4 @@
-"""One chunk step, the unit of work of every mode: forward, loss, inject, backward, delta.
+"""One chunk step, the unit of work of every mode: forward, loss, inject, backward, target.
 
 Plain PyTorch. The seed API (``Synthesizer.backward_synthetic``) and the distributed workers
 call the same pieces from :mod:`dni_dist.targets`. The step is split in two so that a worker can
@@ -28,8 +28,9 @@ class ChunkGraph:
 class ChunkResult:
     loss: float               # this chunk's loss (NaN when skipped)
     state_end: State          # final state, detached (sent forward)
-    delta: State | None       # bootstrapped target for the boundary at the chunk's start
+    delta: State | None       # what reached the chunk's start state (see chunk_target)
     skipped: bool = False     # non-finite loss: nothing was back-propagated
+    vjp: tuple | None = None  # (end, start, g, discount): J^T g still to be taken out of delta
 
 
 def chunk_forward(model, loss_fn, state_start: State | None, x, y, mask, *, need_delta: bool) -> ChunkGraph:
@@ -48,33 +49,48 @@ def chunk_forward(model, loss_fn, state_start: State | None, x, y, mask, *, need
 
 
 def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
-    """Inject the synthetic gradient at the chunk's end, back-propagate, and read delta.
+    """Inject the synthetic gradient at the chunk's end and back-propagate.
 
-    Parameter gradients accumulate into ``.grad``. ``delta`` is ``dL_c/dh_c + discount * J^T g``,
-    the bootstrapped target for the boundary at the chunk's start (None unless ``need_delta``).
-    A non-finite loss is not back-propagated (``skipped``).
+    Parameter gradients accumulate into ``.grad`` and are final when this returns. ``delta`` is
+    what reached the start state, ``dL_c/dh_c + J^T g`` (None unless ``need_delta``); the
+    bootstrapped target is :func:`chunk_target` of the result. With a discount below 1 the graph
+    is kept for the ``J^T g`` pass that target needs, so a worker can start summing the model's
+    gradients before it runs that pass. A non-finite loss is not back-propagated (``skipped``).
     """
     value = float(graph.loss.detach())
     end = tg.detach(graph.end)
     if not math.isfinite(value):
         return ChunkResult(float("nan"), end, None, skipped=True)
-    loss, sg_part = graph.loss, None
+    loss, vjp = graph.loss, None
     if inject:
         g = synth.synthetic_gradient(graph.end)
         if graph.need_delta and synth.discount != 1.0 and synth.injection_scale() > 0:  # g == 0: J^T g == 0
-            sg_part = tg.synthetic_vjp(graph.end, graph.start, g)
+            vjp = (graph.end, graph.start, g, synth.discount)
         loss = loss + tg.surrogate(graph.end, g)
-    loss.backward()
+    loss.backward(retain_graph=vjp is not None)
     delta = None
     if graph.need_delta:
         parts = tg.as_tuple(graph.start)
-        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in parts]
-        delta = tg.bootstrap_target(tg.like(grads, graph.start), sg_part, synth.discount if synth else 1.0)
-    return ChunkResult(value, end, delta)
+        delta = tg.like([t.grad if t.grad is not None else torch.zeros_like(t) for t in parts], graph.start)
+    return ChunkResult(value, end, delta, vjp=vjp)
+
+
+def chunk_target(res: ChunkResult) -> State | None:
+    """The bootstrapped target of the boundary at the chunk's start, ``dL_c/dh_c + discount *
+    J^T g``: ``delta`` itself, or with ``(1 - discount) J^T g`` taken out (one more backward pass
+    through the chunk, which frees its graph). Call once per result."""
+    if res.delta is None or res.vjp is None:
+        return res.delta
+    end, start, g, discount = res.vjp
+    res.vjp = None
+    sg_part = tg.synthetic_vjp(end, start, g, keep_graph=False)
+    return tg.bootstrap_target(res.delta, sg_part, discount)
 
 
 def chunk_step(model, loss_fn, synth, state_start: State | None, x, y, mask, *, need_delta: bool,
                inject: bool) -> ChunkResult:
     """:func:`chunk_forward` then :func:`chunk_backward`."""
     graph = chunk_forward(model, loss_fn, state_start, x, y, mask, need_delta=need_delta)
-    return chunk_backward(graph, synth, inject=inject)
+    res = chunk_backward(graph, synth, inject=inject)
+    res.delta = chunk_target(res)
+    return res

@@ -81,15 +81,16 @@ def surrogate(state_end: State, grad: State) -> torch.Tensor:
     return total - total.detach()
 
 
-def synthetic_vjp(state_end: State, state_start: State, grad: State) -> State | None:
+def synthetic_vjp(state_end: State, state_start: State, grad: State, keep_graph: bool = True) -> State | None:
     """``J^T g``: the part of ``delta`` at ``state_start`` that comes from the injected ``grad``.
 
     Needed only when the bootstrap is discounted (``discount != 1``); returns None when
-    ``state_start`` is not in ``state_end``'s graph. Keeps the graph for the real backward.
+    ``state_start`` is not in ``state_end``'s graph. Keeps the graph (for the real backward)
+    unless ``keep_graph=False``.
     """
     ends = [h for h in as_tuple(state_end)]
     starts = [s for s in as_tuple(state_start)]
-    got = torch.autograd.grad(ends, starts, [g for g in as_tuple(grad)], retain_graph=True,
+    got = torch.autograd.grad(ends, starts, [g for g in as_tuple(grad)], retain_graph=keep_graph,
                               allow_unused=True)
     if all(g is None for g in got):
         return None

@@ -10,9 +10,11 @@ A tick, for each worker:
      forward; send the final state on at once, before its own backward;
   2. backward with the synthetic gradient: the gradient that reaches the start state is the
      target of the boundary there, regressed on here (the synthesizer is replicated);
-  3. accumulate the synthesizer's regression; start the all-reduce of every gradient (``exact``:
-     the model's part first, summed while the regression is computed);
-  4. finish the all-reduce and step (``overlap``: the previous tick's, one step stale).
+  3. start the all-reduce of the gradients and accumulate the synthesizer's regression (``exact``:
+     the model's part first, summed while the second backward pass of a discounted target and the
+     regression are computed);
+  4. finish the all-reduce and step (``overlap``: the previous tick's, one step stale; ``exact``:
+     the model at once, the synthesizer after the next tick's forward pass, which does not use it).
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
     pos = worker.position
     worker.begin(sched)
     tm = timers or Timers()
-    pending = None            # overlap: the all-reduce started last tick
+    pending = None            # overlap: the all-reduce started last tick; exact: its synthesizer part
     for t in range(sched.ticks):
         a = sched.action(pos, t)
         yield
@@ -72,19 +74,27 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
         tm.lap("wait_state")
         poison = faults.before_chunk(pos, a, sched) if faults is not None and a is not None else False
         _send(worker, transport, worker.forward(a, poison))
-        worker.backward()
         if sync == "exact":
-            # Two all-reduces: the model's gradients are summed while the synthesizer's
-            # regression is computed (the same sums as one buffer, element by element).
+            if pending is not None:  # the synthesizer is first used by this backward: step it now
+                tm.lap("compute")
+                total = transport.finish(pending)
+                tm.lap("all_reduce")
+                worker.apply_synth(total)
+            worker.backward()
+            # Two all-reduces: the model's part is summed while the synthesizer's regression is
+            # computed, and the synthesizer's part while the next tick runs its forward pass (the
+            # same sums and the same steps, in the same order of use, as one buffer at the tick's end).
             model_part = transport.start_all_reduce(worker.model_grads())
-            rest = transport.start_all_reduce(worker.grad_rest())
+            synth_part = worker.synth_grads()
             tm.lap("compute")
             yield
             tm.lap("other")
-            total = worker.joined(transport.finish(model_part), transport.finish(rest))
+            total = transport.finish(model_part)
             tm.lap("all_reduce")
-            worker.apply(total)
+            pending = transport.start_all_reduce(synth_part)  # after the model's: never competes with it
+            worker.apply_model(total)
         else:
+            worker.backward()
             buf = worker.grad_buffer()
             tm.lap("compute")
             if pending is not None:
@@ -97,8 +107,9 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
             on_tick(t)
         tm.lap("other")
     yield
-    if pending is not None:  # overlap: drain before the segment ends
-        worker.apply(transport.finish(pending))
+    if pending is not None:  # drain before the segment ends
+        total = transport.finish(pending)
+        worker.apply_synth(total) if sync == "exact" else worker.apply(total)
     _receive(worker, transport, sched.receives_at_drain(pos))
 
 

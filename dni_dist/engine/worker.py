@@ -4,7 +4,11 @@ It never calls torch.distributed or Ray, and knows no task or model class: every
 a :class:`dni_dist.Spec`. The tick loop (:mod:`dni_dist.engine.loop`) feeds it what arrived,
 sends what it returns, and reduces its gradient buffer with the other workers'. Per tick:
 ``receive`` (what arrived), ``forward`` (returns the states to send on), ``backward``,
-``grad_buffer`` -> all-reduce -> ``apply``.
+``grad_buffer`` -> all-reduce -> ``apply`` (or, with ``sync="exact"``, the buffer's two parts
+reduced and applied apart: ``model_grads``/``apply_model`` and ``synth_grads``/``apply_synth``).
+
+The buffer, one per tick: ``[model grads | loss, chunks run, chunks skipped | synthesizer grads |
+evidence]``; the model's step needs only the first two parts, the synthesizer's only the last two.
 """
 from __future__ import annotations
 
@@ -15,15 +19,15 @@ from dataclasses import dataclass
 import torch
 
 from .. import targets as tg
-from ..chunk import ChunkGraph, chunk_backward, chunk_forward
+from ..chunk import ChunkGraph, chunk_backward, chunk_forward, chunk_target
 from ..config import Config
 from ..optim import adam
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from .schedule import Action, Schedule
 
-EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate)
-EXTRA = EVIDENCE + 3  # + loss sum, chunks run, chunks skipped: scalars appended to the gradient buffer
+EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate), at the end of the buffer
+SCALARS = 3  # loss sum, chunks run, chunks skipped: right after the model's gradients
 
 
 class DivergenceError(RuntimeError):
@@ -70,7 +74,8 @@ class Worker:
         # it), which is what the all-reduce sums in place: no copy in, no copy out. Two buffers
         # alternate, so that with sync="overlap" the one in flight is never written.
         self._n_model = sum(p.numel() for p in self.params)
-        size = self._n_model + sum(p.numel() for p in self.sparams) + EXTRA
+        self._split = self._n_model + SCALARS  # where the synthesizer's part of the buffer starts
+        size = self._split + sum(p.numel() for p in self.sparams) + EVIDENCE
         dtype = self.params[0].dtype if self.params else torch.float32
         self._bufs = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(2)]
         self._cur = 0
@@ -79,7 +84,7 @@ class Worker:
         self._action: Action | None = None
         self._carry = None             # state handed from this worker's previous chunk
         self._received: dict = {}      # (kind, batch, chunk) -> state that arrived for a coming chunk
-        self._targets: list = []       # (boundary state, target) collected this tick
+        self._targets: list = []       # (boundary state, ChunkResult) whose target is regressed on this tick
         self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
         self._loss, self._ran, self._skipped = 0.0, 0, 0
         self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
@@ -143,8 +148,13 @@ class Worker:
 
     def _bind(self, flat: torch.Tensor) -> None:
         """Make every parameter's .grad a view of ``flat`` (model first, then synthesizer)."""
+        self._bind_part(self.params, flat[:self._n_model])
+        self._bind_part(self.sparams, flat[self._split:])
+
+    @staticmethod
+    def _bind_part(params: list, flat: torch.Tensor) -> None:
         offset = 0
-        for p in self.params + self.sparams:
+        for p in params:
             k = p.numel()
             p.grad = flat[offset:offset + k].view_as(p)
             offset += k
@@ -203,7 +213,7 @@ class Worker:
         else:
             self._loss, self._ran = res.loss, 1
             if res.delta is not None:
-                self._targets.append((graph.start, res.delta))
+                self._targets.append((graph.start, res))  # its J^T g pass (if any) runs in synth_grads
 
     def receive(self, kind: str, batch: int, chunk: int, state) -> None:
         """A message arrived: a start state for a coming chunk, or a stream's final state."""
@@ -213,46 +223,46 @@ class Worker:
             self._received[(kind, batch, chunk)] = state
 
     def model_grads(self) -> torch.Tensor:
-        """The model's part of this tick's buffer, final once :meth:`backward` ran: with
-        ``sync="exact"`` its all-reduce starts here and runs while the synthesizer's regression
-        (:meth:`grad_rest`) is computed."""
-        return self._bufs[self._cur][:self._n_model]
+        """The model's part of this tick's buffer (its gradients and the tick's scalars), final once
+        :meth:`backward` ran: with ``sync="exact"`` its all-reduce starts here and runs while the
+        synthesizer's regression (:meth:`synth_grads`) is computed."""
+        buf = self._bufs[self._cur]
+        buf[self._n_model:self._split] = torch.tensor([self._loss, float(self._ran), float(self._skipped)],
+                                                      dtype=buf.dtype)
+        return buf[:self._split]
 
-    def grad_rest(self) -> torch.Tensor:
-        """The rest of this tick's buffer: the synthesizer's regression gradients and the scalars."""
-        return self.grad_buffer()[self._n_model:]
-
-    def grad_buffer(self) -> torch.Tensor:
-        """Model and synthesizer gradients of this tick plus the extra scalars, flattened, to be summed."""
+    def synth_grads(self) -> torch.Tensor:
+        """The synthesizer's part of this tick's buffer: its regression gradients and evidence.
+        Hands the buffer out: the next tick writes the other one."""
         ev = torch.zeros(EVIDENCE, dtype=torch.float64)
         if self._targets:
-            bounds, tars = zip(*self._targets)
-            ev = self.synth.accumulate(list(bounds), list(tars))
+            bounds = [b for b, _ in self._targets]
+            ev = self.synth.accumulate(bounds, [chunk_target(res) for _, res in self._targets])
         buf = self._bufs[self._cur]
-        extra = ev.tolist() + [self._loss, float(self._ran), float(self._skipped)]
-        buf[-EXTRA:] = torch.tensor(extra, dtype=buf.dtype)
+        buf[-EVIDENCE:] = ev.to(buf.dtype)
         self._cur ^= 1
-        return buf
+        return buf[self._split:]
 
-    def joined(self, model_total: torch.Tensor, rest_total: torch.Tensor) -> torch.Tensor:
-        """The summed buffer from its two parts. An in-place all-reduce (torch.distributed) summed
-        them in this worker's buffer already; the debug transport returns copies, put back here."""
-        buf = self._bufs[self._cur ^ 1]  # the buffer grad_rest handed out
-        for part, total in ((buf[:self._n_model], model_total), (buf[self._n_model:], rest_total)):
-            if total.data_ptr() != part.data_ptr():
-                part.copy_(total)
-        return buf
+    def grad_buffer(self) -> torch.Tensor:
+        """This tick's whole buffer, to be summed over workers and passed to :meth:`apply`."""
+        self.model_grads()
+        self.synth_grads()
+        return self._bufs[self._cur ^ 1]
 
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
-        ev = total[-EXTRA:-3].double().cpu()
-        loss, ran, skipped = total[-3:].tolist()
+        self.apply_model(total[:self._split])
+        self.apply_synth(total[self._split:])
+
+    def apply_model(self, total: torch.Tensor) -> None:
+        """Step the model on its summed part of the buffer (gradients and scalars)."""
+        loss, ran, skipped = total[-SCALARS:].tolist()
         grads = total[:self._n_model]
         if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
             grads.div_(self.cfg.workers)
         if ran > 0 and not _finite(grads):
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
-        self._bind(total)
+        self._bind_part(self.params, grads)
         if ran > 0:
             if self.cfg.clip:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
@@ -260,8 +270,16 @@ class Worker:
             self.losses.append(loss / ran)
         self.skipped += int(skipped)
         self._check_divergence(int(ran), int(skipped))
-        if self.synth is not None:
-            self.synth.finish_update(ev)
+
+    def apply_synth(self, total: torch.Tensor) -> None:
+        """Step the synthesizer on its summed part of the buffer. Leaves its ``.grad`` bound to the
+        buffer being written now, so a regression after this (``sync="exact"`` applies the previous
+        tick's sum between this tick's forward and backward) accumulates in the right place."""
+        if self.synth is None:
+            return
+        self._bind_part(self.sparams, total)
+        self.synth.finish_update(total[-EVIDENCE:].double().cpu())
+        self._bind_part(self.sparams, self._bufs[self._cur][self._split:])
 
     def _check_divergence(self, ran: int, skipped: int) -> None:
         self._recent.append((ran, skipped))
