@@ -8,7 +8,7 @@ setting (embedding -> LSTM H=128, T=5, B=32, a model step per chunk) and the eng
 ratio, and where DNI's extra time goes (prediction, J^T g for the discounted target, synthesizer
 update). Writes JSON with --out.
 
-    python benchmarks/cost_per_update.py --chunks 400 --out runs/cost.json
+    python benchmarks/cost_per_update.py --chunks 400 --repeats 3 --out runs/cost.json
 """
 import argparse
 import json
@@ -105,17 +105,26 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunks", type=int, default=400)
     p.add_argument("--synth-kw", default="{}", help="Synthesizer options as JSON")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="TBPTT/DNI pairs per setting, back to back; the median pair's ratio is reported "
+                        "(this machine's speed drifts by tens of percent between runs)")
     p.add_argument("--out", default="")
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = {}
     for name, kw in SETTINGS.items():
-        tb = run("tbptt", chunks=args.chunks, **kw)
-        dn = run("dni", chunks=args.chunks, synth_kw=json.loads(args.synth_kw), **kw)
-        rows[name] = {"tbptt": tb, "dni": dn, "ratio": dn["ms_per_chunk"] / tb["ms_per_chunk"]}
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in dn["parts_ms_per_chunk"].items())
-        print(f"{name}: TBPTT {tb['ms_per_chunk']:.2f} ms/chunk, DNI {dn['ms_per_chunk']:.2f} "
-              f"({rows[name]['ratio']:.2f}x); DNI parts (ms/chunk): {parts}", flush=True)
+        pairs = []
+        for _ in range(args.repeats):
+            tb = run("tbptt", chunks=args.chunks, **kw)
+            dn = run("dni", chunks=args.chunks, synth_kw=json.loads(args.synth_kw), **kw)
+            pairs.append({"tbptt": tb, "dni": dn, "ratio": dn["ms_per_chunk"] / tb["ms_per_chunk"]})
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in dn["parts_ms_per_chunk"].items())
+            print(f"{name}: TBPTT {tb['ms_per_chunk']:.2f} ms/chunk, DNI {dn['ms_per_chunk']:.2f} "
+                  f"({pairs[-1]['ratio']:.2f}x); DNI parts (ms/chunk): {parts}", flush=True)
+        rows[name] = dict(sorted(pairs, key=lambda r: r["ratio"])[(len(pairs) - 1) // 2])
+        rows[name]["ratios"] = [r["ratio"] for r in pairs]
+        if len(pairs) > 1:
+            print(f"{name}: median ratio {rows[name]['ratio']:.2f}x of {', '.join(f'{r:.2f}' for r in rows[name]['ratios'])}")
     adam = adam_step_ms()
     print(f"Adam step, 512x512 synthesizer: per-tensor {adam['per-tensor']:.2f} ms, fused {adam['fused']:.2f} ms")
     if args.out:
