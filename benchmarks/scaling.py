@@ -19,35 +19,32 @@ COMMON = ["--hidden", "256", "--truncation", "16", "--chunks", "8", "--no-progre
 PER_WORKER_BATCH = 32
 
 
-def run(name, k, args, extra, batch):
+def run(name, k, args, extra, batch, copies=1):
+    """One configuration: K workers under torchrun, or (K=1) the single process, ``copies`` of
+    it at once with their tokens/s summed (K independent processes: what the machine allows)."""
     with tempfile.TemporaryDirectory() as d:
-        paths = [os.path.join(d, f"m{i}.json") for i in range(k)]
+        paths = [os.path.join(d, f"m{i}.json") for i in range(copies)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-        if extra is None:  # k independent single processes at once: what the machine allows any K-worker mode
+        if k == 1:
             cmd = [sys.executable, "-m", "dni_dist.train", "--workers", "1"]
-            extra, launches = [], k
-        elif k == 1:
-            cmd = [sys.executable, "-m", "dni_dist.train", "--workers", "1"]
-            launches = 1
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(k),
                    "-m", "dni_dist.train"]
-            launches = 1
         full = cmd + COMMON + extra + ["--batch", str(batch), "--steps", str(args.steps), "--mode", args.mode]
         procs = [subprocess.Popen(full + ["--metrics-json", paths[i]], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True, env=env) for i in range(launches)]
+                                  stderr=subprocess.PIPE, text=True, env=env) for i in range(copies)]
         for p in procs:
             _, err = p.communicate(timeout=3600)
             if p.returncode:
                 raise RuntimeError(f"{name} failed:\n{err[-2000:]}")
-        ms = [json.load(open(paths[i])) for i in range(launches)]
+        ms = [json.load(open(paths[i])) for i in range(copies)]
     m = ms[0]
-    row = {"name": name, "k": k, "mode": args.mode, "tokens_per_s": sum(x["tokens_per_s"] for x in ms),
+    row = {"name": name, "k": k * copies, "mode": args.mode, "tokens_per_s": sum(x["tokens_per_s"] for x in ms),
            "wall_s": m["wall_s"], "startup_s": m["startup_s"], "batches": m["batches"],
            "breakdown_s": m["tick_breakdown_s"],
            "breakdown_s_by_rank": m.get("tick_breakdown_s_by_rank", [m["tick_breakdown_s"]]),
            "ticks": len(m["losses"]),
-           "command": (f"{launches} x " if launches > 1 else "") + " ".join(full).replace(sys.executable, "python")}
+           "command": (f"{copies} x " if copies > 1 else "") + " ".join(full).replace(sys.executable, "python")}
     print(json.dumps(row), flush=True)
     return row
 
@@ -68,17 +65,17 @@ def main():
         _report(rows, os.path.join(os.path.dirname(args.replot), "scaling.png"))
         return
     os.makedirs(args.out, exist_ok=True)
-    configs = [("single process", 1, [], PER_WORKER_BATCH)]
+    configs = [("single process", 1, [], PER_WORKER_BATCH, 1)]
     for k in [k for k in args.ks if k > 1]:
-        configs += [(f"{k} independent single processes (ceiling)", k, None, PER_WORKER_BATCH),
-                    ("pipeline exact", k, ["--sync", "exact"], PER_WORKER_BATCH),
-                    ("pipeline overlap", k, ["--sync", "overlap"], PER_WORKER_BATCH),
-                    ("data-parallel, same per-worker batch", k, ["--parallel", "data"], PER_WORKER_BATCH * k),
-                    ("data-parallel, batch split", k, ["--parallel", "data"], PER_WORKER_BATCH)]
+        configs += [(f"{k} independent single processes (ceiling)", 1, [], PER_WORKER_BATCH, k),
+                    ("pipeline exact", k, ["--sync", "exact"], PER_WORKER_BATCH, 1),
+                    ("pipeline overlap", k, ["--sync", "overlap"], PER_WORKER_BATCH, 1),
+                    ("data-parallel, same per-worker batch", k, ["--parallel", "data"], PER_WORKER_BATCH * k, 1),
+                    ("data-parallel, batch split", k, ["--parallel", "data"], PER_WORKER_BATCH, 1)]
     runs = []
     for rep in range(args.repeats):
-        for name, k, extra, batch in configs:
-            runs.append({**run(name, k, args, extra, batch), "repeat": rep})
+        for name, k, extra, batch, copies in configs:
+            runs.append({**run(name, k, args, extra, batch, copies), "repeat": rep})
             rows = _save(runs, args.out)  # a run cut short by a time limit keeps what it measured
     _report(rows, os.path.join(args.out, "scaling.png"))
 
