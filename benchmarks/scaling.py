@@ -6,6 +6,8 @@ same model (nn.LSTM H=256, B=32 per worker, T=16, 8 chunks, DNI), one thread a p
 Every clock starts after the model is built (start-up reported apart). Runs one configuration
 at a time; run it alone on the machine. "K independent single processes" runs K copies of the
 single process at once (tokens/s summed): no K-worker mode can beat what the machine gives them.
+Workers sum gradients the default way (``--reduce auto``: shared memory on one host); the row
+"pipeline exact, backend all-reduce" sums them with gloo's all-reduce instead.
 Writes scaling.json (one row per configuration, its median run) and scaling.png.
 """
 import argparse
@@ -69,6 +71,8 @@ def main():
     for k in [k for k in args.ks if k > 1]:
         configs += [(f"{k} independent single processes (ceiling)", 1, [], PER_WORKER_BATCH, k),
                     ("pipeline exact", k, ["--sync", "exact"], PER_WORKER_BATCH, 1),
+                    ("pipeline exact, backend all-reduce", k, ["--sync", "exact", "--reduce", "backend"],
+                     PER_WORKER_BATCH, 1),
                     ("pipeline overlap", k, ["--sync", "overlap"], PER_WORKER_BATCH, 1),
                     ("data-parallel, same per-worker batch", k, ["--parallel", "data"], PER_WORKER_BATCH * k, 1),
                     ("data-parallel, batch split", k, ["--parallel", "data"], PER_WORKER_BATCH, 1)]

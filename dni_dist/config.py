@@ -18,6 +18,7 @@ CHOICES = {
     "mode": ("dni", "tbptt"),
     "parallel": ("pipeline", "data"),
     "sync": ("exact", "overlap"),
+    "reduce": ("auto", "shared-memory", "backend"),
     "backend": ("debug", "torch", "ray"),
     "device": ("cpu", "cuda"),
     "fail_mode": ("raise", "kill", "stop", "nan"),
@@ -26,7 +27,7 @@ CHOICES = {
 # Fields a resumed run may change: they do not change what is computed. Every other field must
 # equal the checkpoint's (resume refuses a different experiment, naming each difference).
 RESUMABLE = ("steps", "backend", "device", "timeout_s", "checkpoint_dir", "keep_checkpoints", "resume",
-             "metrics_json", "metrics_csv", "tensorboard", "ray_address", "progress", "log_every",
+             "metrics_json", "metrics_csv", "reduce", "tensorboard", "ray_address", "progress", "log_every",
              "eval_every", "eval_chars", "save", "max_restarts", "fail_at", "fail_rank", "fail_mode",
              "divergence_window", "divergence_threshold")
 
@@ -94,6 +95,10 @@ class Config:
     sync: str = "exact"
     """'exact' (all-reduce, then step, every tick: replicas equal one process) or 'overlap' (tick
     t's all-reduce runs during tick t+1's compute: every update applies a gradient one step stale)."""
+    reduce: str = "auto"
+    """how torchrun/Ray workers sum gradients: 'shared-memory' (workers on one host, CPU: each writes
+    its buffer to /dev/shm and adds the K buffers in rank order, no TCP copies), 'backend' (gloo's or
+    NCCL's all-reduce), 'auto' (shared memory where every worker can use it, else the backend)."""
     backend: str = "debug"
     """'debug' (one process simulates K workers), 'torch' (torchrun), 'ray'."""
     timeout_s: float = 120.0
@@ -169,6 +174,9 @@ class Config:
             bad("factor", "a finite number >= 0")
         if not 0.0 <= self.discount <= 1.0:
             bad("discount", "a number in [0, 1]")
+        if self.reduce == "shared-memory" and self.device == "cuda":
+            bad("reduce", "'auto' or 'backend' with --device cuda (NCCL sums on the GPU; shared memory sums CPU "
+                          "tensors)")
         if not 0 < self.timeout_s <= 86_400:
             bad("timeout_s", "seconds in (0, 86400]")
         if not self.log_every > 0:

@@ -179,9 +179,11 @@ def _same_weights(a: dict, b: dict, exact=True):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode,sync", [("dni", "exact"), ("tbptt", "exact"), ("dni", "overlap")])
-def test_torch_distributed_matches_debug_bitwise(mode, sync, tmp_path):
-    cfg = Config(mode=mode, sync=sync, workers=2, **SMALL)
+@pytest.mark.parametrize("mode,sync,reduce", [("dni", "exact", "auto"), ("tbptt", "exact", "auto"),
+                                              ("dni", "overlap", "auto"), ("dni", "exact", "backend")])
+def test_torch_distributed_matches_debug_bitwise(mode, sync, reduce, tmp_path):
+    """K=2: shared-memory sums (auto, on one host) and gloo's all-reduce add two terms, the same bits."""
+    cfg = Config(mode=mode, sync=sync, workers=2, reduce=reduce, **SMALL)
     model, ref = debug.run(cfg, resolve_spec(cfg))
     got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path)
     assert got[0]["losses"] == got[1]["losses"] == ref["losses"]
@@ -202,13 +204,20 @@ def test_user_spec_torchrun_matches_debug(spec_name, mode, tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_four_workers_match_debug(tmp_path):
-    """K=4: gloo's all-reduce may add in another order than rank order: equal to 1e-6 relative."""
-    cfg = Config(workers=4, **{**SMALL, "steps": 3})
+@pytest.mark.parametrize("reduce", ["shared-memory", "backend"])
+def test_four_workers_match_debug(reduce, tmp_path):
+    """K=4. Shared-memory sums add the workers' buffers in rank order, as debug mode does: the same
+    bits. gloo's ring all-reduce may add in another order: equal to 1e-6 relative."""
+    cfg = Config(workers=4, reduce=reduce, **{**SMALL, "steps": 3})
     model, ref = debug.run(cfg, resolve_spec(cfg))
     got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path)
-    torch.testing.assert_close(torch.tensor(got[0]["losses"]), torch.tensor(ref["losses"]), rtol=1e-6, atol=1e-7)
-    _same_weights(model.state_dict(), got[0]["model"], exact=False)
+    if reduce == "shared-memory":
+        assert all(g["losses"] == ref["losses"] for g in got)
+        for g in got:
+            _same_weights(model.state_dict(), g["model"])
+    else:
+        torch.testing.assert_close(torch.tensor(got[0]["losses"]), torch.tensor(ref["losses"]), rtol=1e-6, atol=1e-7)
+        _same_weights(model.state_dict(), got[0]["model"], exact=False)
 
 
 @pytest.mark.timeout(300)

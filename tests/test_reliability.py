@@ -73,6 +73,22 @@ def test_ray_backend_without_ray_says_how_to_install(monkeypatch):
 
 
 # ------------------------------------------------------------------ messages and timeouts
+def _spawn_pair_or_more(target, scenario, world=2, answers=None):
+    """Run ``target(rank, port, scenario, queue[, world])`` in ``world`` spawned processes; return
+    the first ``answers`` (default: one per process) items they put on the queue."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    extra = (world,) if world != 2 else ()
+    procs = [ctx.Process(target=target, args=(r, port, scenario, q, *extra)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=40) for _ in range(world if answers is None else answers)]
+    for p in procs:
+        p.join(10)
+    return got
+
+
 def _transport_pair(rank, port, scenario, q):
     import datetime
 
@@ -107,21 +123,89 @@ def _transport_pair(rank, port, scenario, q):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("scenario", ["mismatch", "silence"])
 def test_bad_or_missing_message_fails_fast_naming_the_sender(scenario):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_transport_pair, args=(r, port, scenario, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    kind, msg = q.get(timeout=40)
-    for p in procs:
-        p.join(10)
+    [(kind, msg)] = _spawn_pair_or_more(_transport_pair, scenario, answers=1)
     if scenario == "mismatch":
         assert kind == "MessageError"
         assert "from worker 0: expected state of batch 3 chunk 1 with shapes [(1, 4, 9), (1, 4, 9)]" in msg
         assert "received state of batch 3 chunk 1 with shapes [(1, 4, 8), (1, 4, 8)]" in msg
     else:
         assert kind == "TimeoutError" and "from worker 0" in msg
+
+
+def _shm_pair(rank, port, scenario, q, world=2):
+    import datetime
+
+    import torch.distributed as dist
+
+    from dni_dist.transport import shm
+    from dni_dist.transport.torch_dist import TorchDistTransport
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    if scenario == "no-shm" and rank == 1:
+        shm.available = lambda: False  # as on a host without /dev/shm
+    try:
+        tr = TorchDistTransport(timeout_s=5.0, reduce="shared-memory")
+        n = {"sizes": 10 + 2 * rank, "later-sizes": 10}.get(scenario, 10)
+        value = ORDER_TERMS[rank] if scenario == "order" else rank + 1.0
+        got = tr.all_reduce_sum(torch.full((n,), value))
+        if scenario == "later-sizes":  # same size first, then a smaller, different one within the segment
+            got = tr.all_reduce_sum(torch.ones(8 - rank))
+        q.put(("ok", got.tolist()))
+    except Exception as e:  # noqa: BLE001 - the test inspects it
+        q.put((type(e).__name__, str(e)))
+    finally:
+        q.close()
+        q.join_thread()
+        os._exit(0)
+
+
+ORDER_TERMS = (1e8, 1.0, -1e8, 1.0)  # float32: added in rank order 1, in reverse 0, exactly 2
+
+
+@pytest.mark.timeout(60)
+def test_shared_memory_sum_adds_in_rank_order_like_debug_mode():
+    """K=4: the sum a worker gets has the bits of debug mode's (rank order), for any K."""
+    from dni_dist.transport.local import LocalHub
+    hub = LocalHub(4)
+    local = hub.transports()
+    handles = [t.start_all_reduce(torch.full((10,), v)) for t, v in zip(local, ORDER_TERMS)]
+    want = [t.finish(h).tolist() for t, h in zip(local, handles)][0]
+    assert want == [1.0] * 10  # the terms do tell orders apart
+    got = _spawn_pair_or_more(_shm_pair, "order", world=4)
+    assert got == [("ok", want)] * 4
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scenario", ["ok", "sizes", "later-sizes", "no-shm"])
+def test_shared_memory_sum_checks_its_workers(scenario):
+    """Both workers get the sum; different buffer sizes or a worker that cannot map /dev/shm are
+    errors on every worker that say so, never a wrong sum or a hang."""
+    got = _spawn_pair_or_more(_shm_pair, scenario)
+    kinds = {k for k, _ in got}
+    if scenario == "ok":
+        assert got == [("ok", [3.0] * 10)] * 2
+    elif scenario == "sizes":
+        assert kinds == {"MessageError"} and all("differ in size" in m for _, m in got), got
+    elif scenario == "later-sizes":
+        assert kinds == {"MessageError"} and all("sums disagree" in m for _, m in got), got
+    else:
+        assert kinds == {"ValueError"} and all("no writable /dev/shm on worker 1" in m for _, m in got), got
+
+
+def test_shared_memory_sum_is_one_at_a_time_and_cpu_only():
+    from dni_dist.transport.shm import SharedSlots
+    slots = SharedSlots(0, 1, f"test{os.getpid()}", barrier=lambda v: v)
+    seq, n = slots.write(torch.arange(4.0))
+    with pytest.raises(RuntimeError, match="one sum in flight"):
+        slots.write(torch.arange(4.0))
+    assert slots.total(seq, n).tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="CPU tensors only"):
+        slots.write(torch.zeros(2, device="meta"))
+
+
+def test_reduce_shared_memory_on_gpu_is_a_config_error():
+    with pytest.raises(ValueError, match=r"reduce='shared-memory': expected 'auto' or 'backend' with --device cuda"):
+        Config(reduce="shared-memory", device="cuda")
 
 
 # ------------------------------------------------------------------ checkpoints and restarts

@@ -24,7 +24,7 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
     if rank == 0:
         prepare_paths(cfg)
     t_build = time.perf_counter()
-    transport = TorchDistTransport(cfg.timeout_s, cfg.device)
+    transport = TorchDistTransport(cfg.timeout_s, cfg.device, cfg.reduce)
     data = cfg.parallel == "data"
     worker = Worker(spec, cfg, 0 if data else rank, share=(rank, world) if data else (0, 1))
     start = resume_point(cfg, spec.name, worker)

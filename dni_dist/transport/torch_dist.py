@@ -8,14 +8,22 @@ payload size it declares, before it posts the receive: a wrong sequence number, 
 size raises :class:`MessageError` naming the sender; nothing is truncated. The payload ends in a
 sentinel the receiver checks, so a short payload is an error, never uninitialised memory. Every
 wait has a timeout and names the peer it waits for.
+
+Gradient sums: the backend's all-reduce, or (``reduce="auto"`` when every worker is on this host
+and on the CPU, or ``"shared-memory"``) :mod:`.shm`'s slots with a one-value all-reduce as the
+barrier, which also checks that every worker summed a buffer of the same size.
 """
 from __future__ import annotations
 
 import datetime
+import os
+import socket
+import uuid
 
 import torch
 import torch.distributed as dist
 
+from . import shm
 from .base import Message, MessageError
 
 KINDS = {"state": 1, "carry": 3}
@@ -54,7 +62,7 @@ def _decode(h: torch.Tensor) -> tuple[Message, int]:
 class TorchDistTransport:
     """Transport over an initialised default process group."""
 
-    def __init__(self, timeout_s: float, device: torch.device | str = "cpu"):
+    def __init__(self, timeout_s: float, device: torch.device | str = "cpu", reduce: str = "auto"):
         if not dist.is_initialized():
             raise RuntimeError("TorchDistTransport needs torch.distributed initialised (init_process_group)")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -69,6 +77,47 @@ class TorchDistTransport:
             self._store = dist.distributed_c10d._get_default_store()
         except Exception:  # noqa: BLE001 - a private API: without it the message just names no one
             self._store = None
+        self.slots = self._shared_slots(reduce)  # None: the backend's all-reduce
+
+    def _shared_slots(self, reduce: str):
+        """Shared-memory slots when ``reduce`` asks for them and every worker can map them."""
+        if reduce not in ("auto", "shared-memory", "backend"):
+            raise ValueError(f"reduce={reduce!r}: expected 'auto', 'shared-memory' or 'backend'")
+        if reduce == "backend" or self.world == 1:
+            return None
+        me = (socket.gethostname(), shm.available(), self.device.type, uuid.uuid4().hex[:12])
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, me)  # all ranks build their transport at the same point
+        token = everyone[0][3]
+        why = ""
+        if any(e[2] != "cpu" for e in everyone):
+            why = "the gradients are on a GPU (the backend, NCCL, sums them there)"
+        elif not all(e[1] for e in everyone):
+            why = "no writable " + shm.SHM_DIR + " on " + ", ".join(
+                f"worker {r} ({e[0]})" for r, e in enumerate(everyone) if not e[1])
+        else:  # one host, really: worker 0's file is visible to all (containers may share a hostname, not /dev/shm)
+            seen = [None] * self.world
+            probe = os.path.join(shm.SHM_DIR, f"dni_dist_{token}_probe")
+            if self.rank == 0:
+                with open(probe, "w") as f:
+                    f.write(token)
+            dist.barrier()
+            dist.all_gather_object(seen, shm.visible(probe, token))
+            if self.rank == 0:
+                os.unlink(probe)
+            if not all(seen):
+                why = "the workers do not share one host's memory: " + ", ".join(
+                    f"worker {r} on {e[0]}" for r, e in enumerate(everyone))
+        if why:
+            if reduce == "shared-memory":
+                raise ValueError(f"--reduce shared-memory: {why}; use --reduce auto or backend")
+            return None
+        return shm.SharedSlots(self.rank, self.world, token, self._barrier)
+
+    def _barrier(self, values: torch.Tensor) -> torch.Tensor:
+        self._wait(dist.all_reduce(values, async_op=True), "the shared-memory sum's set-up (every worker takes part)",
+                   None)
+        return values
 
     def _laggards(self) -> str:
         """After an all-reduce timed out: say so in the store, wait briefly for the others to say
@@ -130,14 +179,28 @@ class TorchDistTransport:
 
     def start_all_reduce(self, flat: torch.Tensor):
         """Begin summing ``flat`` over all workers; :meth:`finish` waits for it."""
+        if self.slots is not None:
+            try:
+                seq, n = self.slots.write(flat)
+            except shm.SizeMismatch as e:
+                raise MessageError(str(e)) from None
+            check = torch.tensor([1, n, seq], dtype=torch.int64)  # summed: [K, K n, K seq] when all agree
+            return dist.all_reduce(check, async_op=True), check, (seq, n)
         buf = flat.to(self.device)
         return dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True), buf, flat.device
 
     def finish(self, handle) -> torch.Tensor:
-        work, buf, device = handle
+        work, buf, where = handle
         self._collectives += 1
         self._wait(work, "the gradient all-reduce (every worker takes part)", None)
-        return buf.to(device)
+        if self.slots is None:
+            return buf.to(where)
+        seq, n = where
+        if buf.tolist() != [self.world, self.world * n, self.world * seq]:
+            raise MessageError(f"worker {self.rank}: the workers' gradient sums disagree (sum {seq} of {n} values "
+                               f"here; summed over the workers: count, sizes, sequence numbers = {buf.tolist()}): "
+                               "every worker must sum buffers of the same size in the same order")
+        return self.slots.total(seq, n)
 
     def _wait(self, work, what: str, peer: int | None) -> None:
         limit = self.timeout.total_seconds()
@@ -160,6 +223,8 @@ class TorchDistTransport:
             raise TimeoutError(f"worker {self.rank}: {what} did not arrive within {limit:.0f}s{late}")
 
     def close(self) -> None:
+        self.slots = None
         pending, self._pending = self._pending, []
         for work, _ in pending:
             self._wait(work, "a send to complete", None)
+
