@@ -143,8 +143,12 @@ def _shm_pair(rank, port, scenario, q, world=2):
                             timeout=datetime.timedelta(seconds=20))
     if scenario == "no-shm" and rank == 1:
         shm.available = lambda: False  # as on a host without /dev/shm
+    if scenario.startswith("full") and rank == 0:
+        def full(fd, offset, length):  # as in a container with a small /dev/shm
+            raise OSError(28, "No space left on device")
+        os.posix_fallocate = full
     try:
-        tr = TorchDistTransport(timeout_s=5.0, reduce="shared-memory")
+        tr = TorchDistTransport(timeout_s=5.0, reduce="auto" if scenario == "full-auto" else "shared-memory")
         n = {"sizes": 10 + 2 * rank, "later-sizes": 10}.get(scenario, 10)
         value = ORDER_TERMS[rank] if scenario == "order" else rank + 1.0
         got = tr.all_reduce_sum(torch.full((n,), value))
@@ -176,18 +180,22 @@ def test_shared_memory_sum_adds_in_rank_order_like_debug_mode():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("scenario", ["ok", "sizes", "later-sizes", "no-shm"])
+@pytest.mark.parametrize("scenario", ["ok", "sizes", "later-sizes", "no-shm", "full", "full-auto"])
 def test_shared_memory_sum_checks_its_workers(scenario):
-    """Both workers get the sum; different buffer sizes or a worker that cannot map /dev/shm are
-    errors on every worker that say so, never a wrong sum or a hang."""
+    """Both workers get the sum; different buffer sizes, a worker that cannot map /dev/shm, or a
+    /dev/shm without room are errors on every worker that say so, never a wrong sum, a hang or a
+    SIGBUS; with --reduce auto a full /dev/shm falls back to the backend's all-reduce."""
     got = _spawn_pair_or_more(_shm_pair, scenario)
     kinds = {k for k, _ in got}
-    if scenario == "ok":
+    if scenario in ("ok", "full-auto"):
         assert got == [("ok", [3.0] * 10)] * 2
     elif scenario == "sizes":
         assert kinds == {"MessageError"} and all("differ in size" in m for _, m in got), got
     elif scenario == "later-sizes":
         assert kinds == {"MessageError"} and all("sums disagree" in m for _, m in got), got
+    elif scenario == "full":
+        assert kinds == {"ValueError"} and all("could not be reserved in /dev/shm" in m and "--shm-size" in m
+                                               for _, m in got), got
     else:
         assert kinds == {"ValueError"} and all("no writable /dev/shm on worker 1" in m for _, m in got), got
 

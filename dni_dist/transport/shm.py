@@ -35,6 +35,10 @@ class SizeMismatch(ValueError):
     """The workers asked to sum buffers of different sizes."""
 
 
+class NoSpace(OSError):
+    """/dev/shm has no room for the slots (every worker raises it at the same sum)."""
+
+
 def visible(path: str, token: str) -> bool:
     """Whether the file another worker wrote at ``path`` holding ``token`` is visible here."""
     try:
@@ -91,23 +95,40 @@ class SharedSlots:
 
     def _map(self, n: int, dtype: torch.dtype) -> None:
         """Create and map a segment for ``n`` values (a collective: every worker grows at the
-        same sum, their buffers having the same size). The name is unlinked once all mapped it,
-        so nothing is left in /dev/shm when a worker dies later."""
+        same sum, their buffers having the same size). Worker 0 reserves the file's space first
+        (``posix_fallocate``: a full /dev/shm, e.g. Docker's 64 MB default, is then a clean error
+        rather than a SIGBUS on first touch). The name is unlinked once all mapped it, so nothing
+        is left in /dev/shm when a worker dies later."""
         self._made += 1
         path = os.path.join(SHM_DIR, f"dni_dist_{self.token}_{self._made}")
         size = 2 * self.world * n
+        nbytes = size * torch.empty((), dtype=dtype).element_size()
+        ok, why = 0, ""
         if self.rank == 0:
-            seg = torch.from_file(path, shared=True, size=size, dtype=dtype)
-        agreed = self.barrier(torch.tensor([1, n], dtype=torch.int64)).tolist()  # the file exists at full size
-        if agreed != [self.world, self.world * n]:
-            if self.rank == 0:
-                os.unlink(path)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, nbytes)
+                finally:
+                    os.close(fd)
+                ok = 1
+            except OSError as e:
+                why = f": {e}"
+                if os.path.exists(path):
+                    os.unlink(path)
+        agreed = self.barrier(torch.tensor([1, n, ok], dtype=torch.int64)).tolist()  # the file exists, reserved
+        if agreed[:2] != [self.world, self.world * n]:
+            if agreed[2]:
+                if self.rank == 0:
+                    os.unlink(path)
             raise SizeMismatch(f"worker {self.rank}: the workers' gradient buffers differ in size ({n} values "
                                f"here, {agreed[1]} summed over {agreed[0]} workers): every worker must sum a "
                                "buffer of the same size")
-        if self.rank != 0:
-            seg = torch.from_file(path, shared=True, size=size, dtype=dtype)
-        self.barrier(torch.ones(1, dtype=torch.int64))  # everyone mapped it
+        if agreed[2] != 1:
+            raise NoSpace(f"{nbytes / 2**20:.1f} MiB for {self.world} workers' gradient buffers (two sets) could "
+                          f"not be reserved in {SHM_DIR}{why}")
+        seg = torch.from_file(path, shared=True, size=size, dtype=dtype)
+        self.barrier(torch.zeros(3, dtype=torch.int64))  # everyone mapped it
         if self.rank == 0:
             os.unlink(path)
         self._slots = seg.view(2, self.world, n)

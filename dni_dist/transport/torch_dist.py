@@ -19,6 +19,7 @@ import datetime
 import os
 import socket
 import uuid
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -77,6 +78,7 @@ class TorchDistTransport:
             self._store = dist.distributed_c10d._get_default_store()
         except Exception:  # noqa: BLE001 - a private API: without it the message just names no one
             self._store = None
+        self.reduce = reduce
         self.slots = self._shared_slots(reduce)  # None: the backend's all-reduce
 
     def _shared_slots(self, reduce: str):
@@ -99,11 +101,14 @@ class TorchDistTransport:
             seen = [None] * self.world
             probe = os.path.join(shm.SHM_DIR, f"dni_dist_{token}_probe")
             if self.rank == 0:
-                with open(probe, "w") as f:
-                    f.write(token)
+                try:
+                    with open(probe, "w") as f:
+                        f.write(token)
+                except OSError:  # then no one sees it: the backend sums
+                    pass
             dist.barrier()
             dist.all_gather_object(seen, shm.visible(probe, token))
-            if self.rank == 0:
+            if self.rank == 0 and os.path.exists(probe):
                 os.unlink(probe)
             if not all(seen):
                 why = "the workers do not share one host's memory: " + ", ".join(
@@ -184,6 +189,14 @@ class TorchDistTransport:
                 seq, n = self.slots.write(flat)
             except shm.SizeMismatch as e:
                 raise MessageError(str(e)) from None
+            except shm.NoSpace as e:  # every worker gets here at the same sum: they fall back together
+                if self.reduce == "shared-memory":
+                    raise ValueError(f"--reduce shared-memory: {e}; give the host (or container: docker run "
+                                     "--shm-size) more shared memory, or use --reduce auto or backend") from None
+                warnings.warn(f"dni_dist: {e}; summing gradients with the backend's all-reduce instead",
+                              RuntimeWarning)
+                self.slots = None
+                return self.start_all_reduce(flat)
             check = torch.tensor([1, n, seq], dtype=torch.int64)  # summed: [K, K n, K seq] when all agree
             return dist.all_reduce(check, async_op=True), check, (seq, n)
         buf = flat.to(self.device)
@@ -227,4 +240,3 @@ class TorchDistTransport:
         pending, self._pending = self._pending, []
         for work, _ in pending:
             self._wait(work, "a send to complete", None)
-
