@@ -29,6 +29,8 @@ VARIANTS = {  # name: Synthesizer options (everything else default)
     "injection scale 3": {"factor": 3.0},
     "discount 0.8": {"discount": 0.8},
     "one hidden layer": {"hidden_layers": 1},
+    "discount 1, injection scale 0.3 (issue 10's 'gamma = 1 with a small injection scale')":
+        {"discount": 1.0, "factor": 0.3},
 }
 
 
