@@ -8,7 +8,10 @@ at a time; run it alone on the machine. "K independent single processes" runs K 
 single process at once (tokens/s summed): no K-worker mode can beat what the machine gives them.
 Workers sum gradients the default way (``--reduce auto``: shared memory on one host); the row
 "pipeline exact, backend all-reduce" sums them with gloo's all-reduce instead.
-Writes scaling.json (one row per configuration, its median run) and scaling.png.
+"JTg" is the share of rank 0's boundaries whose discounted target took the extra J^T g pass: the
+synthesizer's gate decides it, so configurations can differ in work per tick (overlap's stale
+synthesizer keeps the gate shut on this task). Writes scaling.json (one row per configuration,
+its median run) and scaling.png.
 """
 import argparse
 import json
@@ -46,6 +49,9 @@ def run(name, k, args, extra, batch, copies=1):
            "breakdown_s": m["tick_breakdown_s"],
            "breakdown_s_by_rank": m.get("tick_breakdown_s_by_rank", [m["tick_breakdown_s"]]),
            "ticks": len(m["losses"]),
+           # work done: the share of rank 0's boundaries whose discounted target took the J^T g pass
+           # (it is skipped while the synthesizer's gate is shut, e.g. with a stale synthesizer)
+           "jtg_share": (m["synth"]["jtg_passes"] / max(m["synth"]["targets"], 1)) if m.get("synth") else None,
            "command": (f"{copies} x " if copies > 1 else "") + " ".join(full).replace(sys.executable, "python")}
     print(json.dumps(row), flush=True)
     return row
@@ -105,11 +111,12 @@ def _save(runs, out):
 
 
 def _report(rows, png):
-    print(f"\n{'configuration':<40} {'K':>2} {'tokens/s':>9} {'x single':>8}   ms per tick: "
+    print(f"\n{'configuration':<40} {'K':>2} {'tokens/s':>9} {'x single':>8}  {'JTg':>4}   ms per tick: "
           "compute / wait state / all-reduce / other")
     for r in sorted(rows, key=lambda r: r["k"]):
         b = r["breakdown_ms_per_tick"]
-        print(f"{r['name']:<40} {r['k']:>2} {r['tokens_per_s']:>9,.0f} {r['speedup']:>7.2f}x   "
+        jtg = "-" if r.get("jtg_share") is None else f"{r['jtg_share']:.0%}"
+        print(f"{r['name']:<40} {r['k']:>2} {r['tokens_per_s']:>9,.0f} {r['speedup']:>7.2f}x  {jtg:>4}   "
               f"{b['compute']:.1f} / {b['wait_state']:.1f} / {b['all_reduce']:.1f} / "
               f"{b['other']:.1f}")
     try:

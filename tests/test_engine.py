@@ -138,6 +138,17 @@ def test_fit_returns_the_trained_model_and_save_round_trips(tmp_path):
     assert result.metrics["evals"][-1]["mse"] == pytest.approx(mse, rel=1e-6)
 
 
+def test_metrics_count_the_extra_backward_pass():
+    """``synth.jtg_passes`` counts the discounted targets' J^T g passes, the work a shut gate
+    saves (benchmarks/scaling.py reports it): some with the default discount, none with
+    discount 1, out of the same boundaries."""
+    default = run_debug(Config(workers=2, **{**SMALL, "steps": 12}))["synth"]
+    undiscounted = run_debug(Config(workers=2, discount=1.0, **{**SMALL, "steps": 12}))["synth"]
+    assert default["targets"] == undiscounted["targets"] > 0
+    assert 0 < default["jtg_passes"] <= default["targets"]
+    assert undiscounted["jtg_passes"] == 0
+
+
 # ------------------------------------------------------------------ distributed == debug
 def _free_port():
     s = socket.socket()

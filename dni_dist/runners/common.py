@@ -186,7 +186,10 @@ def metrics(cfg: Config, worker, wall_s: float, startup_s: float, batches: int, 
            "wall_s": wall_s, "startup_s": startup_s, "batches": batches, "peak_rss_mb": peak_rss_mb(),
            "skipped_chunks": worker.skipped, "stream_resets": worker.stream_resets,
            "synth": None if synth is None else {"updates": synth.updates, "skill": synth.skill, "gate": synth.gate,
-                                                 "nonfinite_targets": synth.nonfinite_targets},
+                                                 "nonfinite_targets": synth.nonfinite_targets,
+                                                 # this worker's boundaries, and those whose discounted
+                                                 # target took the extra J^T g pass (0 while the gate is shut)
+                                                 "targets": worker.targets[0], "jtg_passes": worker.targets[1]},
            "tick_breakdown_s": dict(worker.timers.s) if worker.timers is not None else {},
            "config": cfg.to_dict(), "pid": os.getpid()}
     out.update(extra or {})
