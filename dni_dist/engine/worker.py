@@ -90,7 +90,8 @@ class Worker:
         self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
         self.skipped = 0               # chunks with a non-finite loss or gradient, over all workers
         self.stream_resets = 0         # stream states dropped for being non-finite
-        self.targets = [0, 0]          # this worker's boundary targets: [all, with a J^T g pass] (work done)
+        self.n_targets = 0             # boundary targets this worker regressed on,
+        self.n_jtg_passes = 0          # and those that took the discounted target's J^T g pass (work done)
         self.timers = None             # engine.loop.Timers: seconds per tick phase (set by the runner)
         self._recent = collections.deque(maxlen=cfg.divergence_window)  # (chunks run, skipped) per tick
 
@@ -238,8 +239,8 @@ class Worker:
         ev = torch.zeros(EVIDENCE, dtype=torch.float64)
         if self._targets:
             bounds = [b for b, _ in self._targets]
-            self.targets[0] += len(self._targets)
-            self.targets[1] += sum(res.vjp is not None for _, res in self._targets)
+            self.n_targets += len(self._targets)
+            self.n_jtg_passes += sum(res.vjp is not None for _, res in self._targets)
             ev = self.synth.accumulate(bounds, [chunk_target(res) for _, res in self._targets])
         buf = self._bufs[self._cur]
         buf[-EVIDENCE:] = ev.to(buf.dtype)

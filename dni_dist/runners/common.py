@@ -189,7 +189,7 @@ def metrics(cfg: Config, worker, wall_s: float, startup_s: float, batches: int, 
                                                  "nonfinite_targets": synth.nonfinite_targets,
                                                  # this worker's boundaries, and those whose discounted
                                                  # target took the extra J^T g pass (0 while the gate is shut)
-                                                 "targets": worker.targets[0], "jtg_passes": worker.targets[1]},
+                                                 "targets": worker.n_targets, "jtg_passes": worker.n_jtg_passes},
            "tick_breakdown_s": dict(worker.timers.s) if worker.timers is not None else {},
            "config": cfg.to_dict(), "pid": os.getpid()}
     out.update(extra or {})

@@ -2,7 +2,8 @@
 
 gloo's all-reduce moves each buffer through loopback TCP: kernel copies and gloo's threads, CPU
 time taken from the workers' own compute when a host has about as many cores as workers (issue
-13: on 2 cores, K=2 exact mode ran 12% faster with the sum below). Workers on one host can
+13: on 2 cores, K=2 exact mode was faster in 6 of 8 back-to-back pairs with the sum below, median
++11%; docs/performance.md). Workers on one host can
 instead each write their buffer into a slot of one file in ``/dev/shm`` that all of them map,
 meet at a barrier (the transport's, with its timeout), and each add the K slots in rank order:
 the same bits on every worker, and the same sum as debug mode's for any K (gloo's ring adds in
@@ -118,9 +119,8 @@ class SharedSlots:
                     os.unlink(path)
         agreed = self.barrier(torch.tensor([1, n, ok], dtype=torch.int64)).tolist()  # the file exists, reserved
         if agreed[:2] != [self.world, self.world * n]:
-            if agreed[2]:
-                if self.rank == 0:
-                    os.unlink(path)
+            if agreed[2] and self.rank == 0:
+                os.unlink(path)
             raise SizeMismatch(f"worker {self.rank}: the workers' gradient buffers differ in size ({n} values "
                                f"here, {agreed[1]} summed over {agreed[0]} workers): every worker must sum a "
                                "buffer of the same size")

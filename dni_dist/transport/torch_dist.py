@@ -10,8 +10,8 @@ sentinel the receiver checks, so a short payload is an error, never uninitialise
 wait has a timeout and names the peer it waits for.
 
 Gradient sums: the backend's all-reduce, or (``reduce="auto"`` when every worker is on this host
-and on the CPU, or ``"shared-memory"``) :mod:`.shm`'s slots with a one-value all-reduce as the
-barrier, which also checks that every worker summed a buffer of the same size.
+and on the CPU, or ``"shared-memory"``) :mod:`.shm`'s slots with a 3-value all-reduce as the
+barrier, which also checks that every worker summed a buffer of the same size, in the same order.
 """
 from __future__ import annotations
 
@@ -198,15 +198,15 @@ class TorchDistTransport:
                 self.slots = None
                 return self.start_all_reduce(flat)
             check = torch.tensor([1, n, seq], dtype=torch.int64)  # summed: [K, K n, K seq] when all agree
-            return dist.all_reduce(check, async_op=True), check, (seq, n)
+            return "shared-memory", dist.all_reduce(check, async_op=True), check, (seq, n)
         buf = flat.to(self.device)
-        return dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True), buf, flat.device
+        return "backend", dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True), buf, flat.device
 
     def finish(self, handle) -> torch.Tensor:
-        work, buf, where = handle
+        how, work, buf, where = handle
         self._collectives += 1
         self._wait(work, "the gradient all-reduce (every worker takes part)", None)
-        if self.slots is None:
+        if how == "backend":
             return buf.to(where)
         seq, n = where
         if buf.tolist() != [self.world, self.world * n, self.world * seq]:
