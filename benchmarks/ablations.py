@@ -31,6 +31,10 @@ VARIANTS = {  # name: Synthesizer options (everything else default)
     "one hidden layer": {"hidden_layers": 1},
     "discount 1, injection scale 0.3 (issue 10's 'gamma = 1 with a small injection scale')":
         {"discount": 1.0, "factor": 0.3},
+    "two-step targets (lookahead 2)": {"lookahead": 2},
+    "two-step targets, weight 0.5 (BP(lambda)-like mix)": {"lookahead": 2, "lookahead_weight": 0.5},
+    "two-step targets, gate tolerance 1": {"lookahead": 2, "gate_tolerance": 1.0},
+    "two-step targets, slower target scale (decay 0.999)": {"lookahead": 2, "scale_decay": 0.999},
 }
 
 

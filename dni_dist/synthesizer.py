@@ -98,7 +98,8 @@ class Synthesizer(nn.Module):
                  use_improvement: bool = True, *, num_layers: int | None = None, discount: float = 0.5,
                  centre: bool = True, clip: float | None = None, normalize: bool = True,
                  scale_decay: float = 0.99, gate: bool = True, gate_decay: float = 0.99,
-                 gate_tolerance: float = 2.0, gate_significance: float = 0.0):
+                 gate_tolerance: float = 2.0, gate_significance: float = 0.0, lookahead: int = 1,
+                 lookahead_weight: float = 1.0):
         super().__init__()
 
         def number(name, value, ok, expected):
@@ -123,6 +124,10 @@ class Synthesizer(nn.Module):
         number("gate_decay", gate_decay, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
         number("gate_tolerance", gate_tolerance, lambda v: v >= 1.0, "a finite number >= 1")
         number("gate_significance", gate_significance, lambda v: v >= 0.0, "a finite number >= 0")
+        if isinstance(lookahead, bool) or lookahead not in (1, 2):
+            raise ValueError(f"Synthesizer(lookahead={lookahead!r}): expected 1 (one-step bootstrap) or 2 "
+                             "(two chunks of true gradient per target)")
+        number("lookahead_weight", lookahead_weight, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
         if clip is not None:
             number("clip", clip, lambda v: v > 0.0, "None or a finite number > 0")
         if allow_backwarding:
@@ -145,6 +150,7 @@ class Synthesizer(nn.Module):
         # running means of <p, d>, <p, p>, <d, d> per element, in output units (the gate's evidence)
         self.register_buffer("fit", torch.zeros(3))
         self.gate_significance = float(gate_significance)
+        self.lookahead, self.lookahead_weight = lookahead, float(lookahead_weight)
         if self.gate_significance > 0:  # running mean of <p, d>^2 per update (only then: old checkpoints load)
             self.register_buffer("fit_sq", torch.zeros(()))
         self._host: list[float] | None = None  # the statistics buffers as floats (see _read)
@@ -415,6 +421,14 @@ class Synthesizer(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         self.stats.updates += 1
 
+    def require_one_step(self, where: str) -> None:
+        """Refuse ``lookahead > 1`` where the chunk's model and inputs are not at hand."""
+        if self.lookahead != 1:
+            raise ValueError(f"Synthesizer(lookahead={self.lookahead}) is not supported in {where}: a two-step "
+                             "target back-propagates the next cut's target through this chunk once that "
+                             "target is known, which needs the chunk's model and inputs a chunk later. Train "
+                             "with dni_dist.loops.train_batch(..., mode='dni'), or use lookahead=1")
+
     # ------------------------------------------------------------------ seed API
     def backward_synthetic(self, hn: State, loss: torch.Tensor | None = None, *, last: bool = False) -> State:
         """Inject the synthetic gradient at ``hn`` and return ``hn`` detached, requiring grad.
@@ -434,6 +448,7 @@ class Synthesizer(nn.Module):
             The state to feed the next chunk (a leaf that requires grad).
         """
         self.check_state(hn, "hn")
+        self.require_one_step("the seed API (backward_synthetic)")
         parts = tg.as_tuple(hn)
         if not any(t.requires_grad for t in parts):
             raise ValueError("hn carries no graph (requires_grad=False): pass the state returned by the RNN "

@@ -311,3 +311,67 @@ def test_significance_gate_opens_only_on_evidence_above_its_noise(mean, gate_ope
     assert sig._pd_error() == pytest.approx(0.1 * (0.01 / 1.99) ** 0.5, rel=0.05) and plain._pd_error() == 0.0
     with pytest.raises(ValueError, match="gate_significance"):
         Synthesizer(4, gate_significance=-1.0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("discount,weight", [(0.5, 1.0), (0.5, 0.3), (1.0, 1.0)])
+def test_two_step_target_is_two_chunks_of_true_gradient(cell, discount, weight):
+    """lookahead=2: the cut before chunk c regresses on the gradient at that cut of
+    L_c + (1-w) * discount * <g_{c+1}, h_{c+1}> + w * (L_{c+1} + discount * <g_{c+2}, h_{c+2}>),
+    computed here by autograd through both chunks (weights frozen by lr=0, g recorded)."""
+    from dni_dist import SeqModel
+    from dni_dist.loops import train_batch
+    torch.manual_seed(0)
+    model = SeqModel(2, 5, 2, cell=cell)
+    synth = _random_synth(model.rnn, discount=discount, factor=0.7, lookahead=2, lookahead_weight=weight)
+    seen, injected = [], []
+    acc, inj = synth.accumulate, synth.synthetic_gradient
+
+    def spy_acc(bounds, targets):
+        seen.extend((tg.detach(b), tg.detach(t)) for b, t in zip(bounds, targets))
+        return acc(bounds, targets)
+
+    def spy_inj(state):
+        g = inj(state)
+        injected.append(tg.detach(g))
+        return g
+
+    synth.accumulate, synth.synthetic_gradient = spy_acc, spy_inj
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(2)
+    T, n = 3, 5
+    x, y, m = torch.randn(4, T * n, 2), torch.rand(4, T * n, 2).round(), torch.ones(4, T * n)
+    train_batch(model, synth, opt, x, y, m, T, "dni")
+    assert len(seen) == n - 1 and len(injected) == n - 1  # cuts before chunks 1..n-1; nothing at the end
+
+    def chunk(c, s):
+        sl = slice(c * T, (c + 1) * T)
+        return model.chunk_loss(x[:, sl], y[:, sl], m[:, sl], s)
+
+    def dot(g, h):
+        return sum((a * b).sum() for a, b in zip(tg.as_tuple(g), tg.as_tuple(h)))
+
+    for c, (cut, target) in enumerate(seen, start=1):
+        start = tg.detach_requires_grad(cut)
+        loss, end = chunk(c, start)
+        if c == n - 1:
+            total = loss  # the last chunk: its exact gradient
+        else:
+            loss2, end2 = chunk(c + 1, end)
+            later = loss2 if c + 1 == n - 1 else loss2 + discount * dot(injected[c + 1], end2)
+            total = loss + (1 - weight) * discount * dot(injected[c], end) + weight * later
+        want = torch.autograd.grad(total, list(tg.as_tuple(start)))
+        for got, w in zip(tg.as_tuple(target), want):
+            torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_two_step_targets_are_refused_where_the_chunk_is_not_at_hand():
+    rnn = _rnn("lstm")
+    synth = Synthesizer.for_rnn(rnn, lookahead=2)
+    out, h = rnn(torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match="lookahead=2.*seed API.*loops.train_batch"):
+        synth.backward_synthetic(h, out.sum())
+    with pytest.raises(ValueError, match="lookahead=3"):
+        Synthesizer(size=4, lookahead=3)
+    with pytest.raises(ValueError, match="lookahead_weight"):
+        Synthesizer(size=4, lookahead=2, lookahead_weight=1.5)

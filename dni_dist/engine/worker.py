@@ -69,6 +69,7 @@ class Worker:
             opts = {"lr": cfg.synth_lr, "factor": cfg.factor, "discount": cfg.discount, **spec.synthesizer,
                     **(json.loads(cfg.synth_options) if cfg.synth_options else {})}
             self.synth = Synthesizer.for_state(self.like, **opts)
+            self.synth.require_one_step("the engine")
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
         # Gradients accumulate straight into one flat buffer per tick (params' .grad are views of
         # it), which is what the all-reduce sums in place: no copy in, no copy out. Two buffers
