@@ -35,6 +35,8 @@ VARIANTS = {  # name: Synthesizer options (everything else default)
     "two-step targets, weight 0.5 (BP(lambda)-like mix)": {"lookahead": 2, "lookahead_weight": 0.5},
     "two-step targets, gate tolerance 1": {"lookahead": 2, "gate_tolerance": 1.0},
     "two-step targets, slower target scale (decay 0.999)": {"lookahead": 2, "scale_decay": 0.999},
+    "two-step targets, discount 1": {"lookahead": 2, "discount": 1.0},
+    "two-step targets, synthesizer lr 1e-3": {"lookahead": 2, "lr": 1e-3},
 }
 
 
