@@ -20,6 +20,8 @@ def train_batch(model, synth, optimizer, x, y, mask, truncation: int, mode: str,
     :func:`dni_dist.tasks.pad_to_multiple`). TBPTT and DNI take one optimizer step per chunk,
     full BPTT one per batch. ``state`` carries a stream across batches (char-LM); None starts at zeros.
     Returns the batch's total loss (sum over steps, mean over batch) and the final (detached) state.
+    With ``Synthesizer(lookahead=2)`` DNI regresses each cut on two-step targets (see
+    :func:`_dni_two_step`); the seed API cannot, since it never sees the model or the inputs.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
