@@ -31,6 +31,7 @@ class ChunkResult:
     delta: State | None       # what reached the chunk's start state (see chunk_target)
     skipped: bool = False     # non-finite loss: nothing was back-propagated
     vjp: tuple | None = None  # (end, start, g, discount): J^T g still to be taken out of delta
+    injected: State | None = None  # the synthetic gradient injected at the chunk's end (None: none)
 
 
 def chunk_forward(model, loss_fn, state_start: State | None, x, y, mask, *, need_delta: bool) -> ChunkGraph:
@@ -61,7 +62,7 @@ def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
     end = tg.detach(graph.end)
     if not math.isfinite(value):
         return ChunkResult(float("nan"), end, None, skipped=True)
-    loss, vjp = graph.loss, None
+    loss, vjp, g = graph.loss, None, None
     if inject:
         g = synth.synthetic_gradient(graph.end)
         if graph.need_delta and synth.discount != 1.0 and synth.injection_scale() > 0:  # g == 0: J^T g == 0
@@ -72,7 +73,7 @@ def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
     if graph.need_delta:
         parts = tg.as_tuple(graph.start)
         delta = tg.like([t.grad if t.grad is not None else torch.zeros_like(t) for t in parts], graph.start)
-    return ChunkResult(value, end, delta, vjp=vjp)
+    return ChunkResult(value, end, delta, vjp=vjp, injected=g)
 
 
 def chunk_target(res: ChunkResult) -> State | None:

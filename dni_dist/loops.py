@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import targets as tg
+from .chunk import ChunkGraph, chunk_backward, chunk_target
 
 MODES = ("bptt", "tbptt", "dni")
 
@@ -22,6 +23,10 @@ def train_batch(model, synth, optimizer, x, y, mask, truncation: int, mode: str,
     Returns the batch's total loss (sum over steps, mean over batch) and the final (detached) state.
     With ``Synthesizer(lookahead=2)`` DNI regresses each cut on two-step targets (see
     :func:`_dni_two_step`); the seed API cannot, since it never sees the model or the inputs.
+
+    ``model`` is any ``nn.Module`` with ``chunk_loss(x, y, mask, state) -> (loss, end_state)``
+    (loss: sum over steps, mean over batch), ``initial_state(batch, device=...)`` and, for
+    ``lookahead=2``, ``forward(x, state) -> (out, end_state)``, as :class:`dni_dist.SeqModel` has.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -65,17 +70,18 @@ class _Waiting:
     start: object   # the state at the cut (detached)
     x: torch.Tensor  # the chunk after the cut: its inputs and the weights it ran with
     params: dict
-    g: object       # the synthetic gradient injected at that chunk's end
-    delta: object   # what reached the cut in that chunk's backward: dL_c/dh + J_c^T g
+    injected: object  # the synthetic gradient injected at that chunk's end
+    delta: object     # what reached the cut in that chunk's backward: dL_c/dh + J_c^T g
 
 
 def _dni_two_step(model, synth, optimizer, x, y, mask, truncation, clip, state):
     """DNI with two-step targets (``Synthesizer(lookahead=2)``): the target of the cut before
     chunk ``c`` is ``dL_c/dh + J_c^T [(1 - w) * discount * g_{c+1} + w * target_{c+1}]`` with
-    ``target_{c+1}`` the next cut's one-step target. ``J_c^T`` is taken a chunk later, by
-    running chunk ``c`` again from the cut with the weights it ran with (the optimizer has
-    changed them in place since, so its own graph cannot be reused): one forward and one
-    backward more per chunk. The last chunk's cut gets its exact gradient (nothing follows)."""
+    ``target_{c+1}`` the next cut's one-step target. Each chunk runs as in every mode
+    (:mod:`dni_dist.chunk`); ``J_c^T`` is taken a chunk later, by running chunk ``c`` again from
+    the cut with the weights it ran with (the optimizer has changed them in place since, so its
+    own graph cannot be reused): one forward and one backward more per chunk. The last chunk's
+    cut gets its exact gradient (nothing follows)."""
     n = x.shape[1] // truncation
     gamma, w = synth.discount, synth.lookahead_weight
     total, waiting = 0.0, None
@@ -84,35 +90,28 @@ def _dni_two_step(model, synth, optimizer, x, y, mask, truncation, clip, state):
         start = tg.detach_requires_grad(state) if c > 0 else state
         params = ({k: v.detach().clone() for k, v in model.named_parameters()} if 0 < c < n - 1 else None)
         loss, end = model.chunk_loss(x[:, sl], y[:, sl], mask[:, sl], start)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at chunk {c}")
-        total += value
-        g = sg = None
-        if c < n - 1:
-            g = synth.synthetic_gradient(end)
-            if c > 0 and gamma != 1.0 and synth.injection_scale() > 0:  # g == 0: J^T g == 0
-                sg = tg.synthetic_vjp(end, start, g)
-            loss = loss + tg.surrogate(end, g)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        res = chunk_backward(ChunkGraph(loss, start, end, need_delta=c > 0), synth, inject=c < n - 1)
+        if res.skipped:
+            raise FloatingPointError(f"loss is {float(loss.detach())} at chunk {c}")
+        one_step = chunk_target(res)  # its J^T g pass needs the weights the chunk ran with: before the step
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
-        state = tg.detach(end)
+        total += res.loss
+        state = res.state_end
         if c == 0:
             continue
-        delta = tg.like([t.grad if t.grad is not None else torch.zeros_like(t) for t in tg.as_tuple(start)], start)
-        one_step = tg.bootstrap_target(delta, sg, gamma)
         bounds, targets = [], []
         if waiting is not None:
-            cot = [((1.0 - w) * gamma - 1.0) * gp + w * t for gp, t in zip(tg.as_tuple(waiting.g), tg.as_tuple(one_step))]
+            cot = [((1.0 - w) * gamma - 1.0) * gp + w * t
+                   for gp, t in zip(tg.as_tuple(waiting.injected), tg.as_tuple(one_step))]
             jv = _chunk_vjp(model, waiting.params, waiting.x, waiting.start, cot)
             bounds.append(waiting.start)
             targets.append(tg.like([d + j for d, j in zip(tg.as_tuple(waiting.delta), jv)], waiting.start))
             waiting = None
         if c < n - 1:
-            waiting = _Waiting(tg.detach(start), x[:, sl], params, g, delta)
+            waiting = _Waiting(tg.detach(start), x[:, sl], params, res.injected, res.delta)
         else:  # nothing was injected at the last chunk's end: its cut's one-step target is exact
             bounds.append(tg.detach(start))
             targets.append(one_step)
