@@ -31,6 +31,9 @@ class _Pending:
     call: int
     state: State                    # detached leaf that requires grad; its .grad becomes delta
     sg_part: State | None = None    # J^T g of the next chunk's injected gradient (discount != 1)
+    rerun: tuple | None = None      # lookahead=2: (model, weights it ran with, inputs, injected g) of that chunk
+    delta: State | None = None      # lookahead=2: kept while waiting for the next cut's target
+    one_step: State | None = None   # lookahead=2: its one-step target (used if no next target comes)
 
 
 @dataclass
@@ -90,6 +93,15 @@ class Synthesizer(nn.Module):
             ``<p, d>``, SE the standard error of its running mean (from a running mean of its square
             per update), so evidence that a prediction helps must stand k standard errors above
             zero before anything is injected. 0 (default) is the plain gate.
+        lookahead: 1 (default) regresses each cut on the one-step bootstrapped target. 2: on two
+            chunks of true gradient, ``dL_c/dh + J_c^T [(1 - w) discount g_{c+1} + w target_{c+1}]``
+            (``target_{c+1}`` the next cut's one-step target), so credit reaches two cuts back
+            (docs/math.md, "Two cuts with two-step targets"). It runs each chunk once more, a chunk
+            later, with the weights it ran with: pass ``model=`` and ``inputs=`` to
+            :meth:`backward_synthetic` (or train with :func:`dni_dist.loops.train_batch`). Not
+            available in the engine.
+        lookahead_weight: w above, in [0, 1] (lookahead=2 only); below 1 it mixes in the one-step
+            target, the two-step case of a lambda-return.
     """
 
     def __init__(self, size: int | None = None, is_lstm: bool | None = None, hidden_layers: int = 0,
@@ -159,6 +171,7 @@ class Synthesizer(nn.Module):
         self.stats = SynthStats()
         self._calls = 0
         self._pending: list[_Pending] = []
+        self._waiting: _Pending | None = None  # lookahead=2: a resolved cut waiting for the next cut's target
         self._last_hn = None
         if size is not None and is_lstm is not None and num_layers is not None:
             self._build()
@@ -427,10 +440,13 @@ class Synthesizer(nn.Module):
             raise ValueError(f"Synthesizer(lookahead={self.lookahead}) is not supported in {where}: a two-step "
                              "target back-propagates the next cut's target through this chunk once that "
                              "target is known, which needs the chunk's model and inputs a chunk later. Train "
-                             "with dni_dist.loops.train_batch(..., mode='dni'), or use lookahead=1")
+                             "in one process with the seed API, synth.backward_synthetic(hn, loss, "
+                             "model=model, inputs=x), or dni_dist.loops.train_batch(..., mode='dni'); or use "
+                             "lookahead=1")
 
     # ------------------------------------------------------------------ seed API
-    def backward_synthetic(self, hn: State, loss: torch.Tensor | None = None, *, last: bool = False) -> State:
+    def backward_synthetic(self, hn: State, loss: torch.Tensor | None = None, *, last: bool = False,
+                           model: nn.Module | None = None, inputs=None) -> State:
         """Inject the synthetic gradient at ``hn`` and return ``hn`` detached, requiring grad.
 
         Call it before ``loss.backward()``. With ``loss`` given, the synthetic gradient is folded
@@ -444,11 +460,21 @@ class Synthesizer(nn.Module):
             last: True when nothing follows ``hn`` (end of the sequence): no synthetic gradient
                 is injected and the boundary is not trained. Without it, a boundary that turns
                 out unused is trained toward zero (``use_improvement``).
+            model, inputs: needed with ``lookahead=2`` (ignored otherwise): the module that ran
+                this chunk, called as ``model(inputs, state) -> (out, end_state)`` as ``nn.LSTM``
+                is, and this chunk's inputs. A chunk later the chunk is run again from its start
+                with a copy of the weights it ran with (taken now, before your optimizer step) to
+                carry the next cut's target back through it. With dropout the re-run draws new masks.
         Returns:
             The state to feed the next chunk (a leaf that requires grad).
         """
         self.check_state(hn, "hn")
-        self.require_one_step("the seed API (backward_synthetic)")
+        if self.lookahead == 2 and (model is None or inputs is None):
+            raise ValueError("Synthesizer(lookahead=2) runs each chunk again a chunk later, so backward_synthetic "
+                             "needs it: pass synth.backward_synthetic(hn, loss, model=model, inputs=x), with "
+                             "model(x, state) -> (out, hn) the module that ran this chunk and x its inputs")
+        if model is not None and not isinstance(model, nn.Module):
+            raise ValueError(f"model must be the nn.Module that ran this chunk; got {type(model).__name__}")
         parts = tg.as_tuple(hn)
         if not any(t.requires_grad for t in parts):
             raise ValueError("hn carries no graph (requires_grad=False): pass the state returned by the RNN "
@@ -475,10 +501,12 @@ class Synthesizer(nn.Module):
         if last:
             return tg.detach_requires_grad(hn)
         g = self.synthetic_gradient(hn)
-        if self.discount != 1.0 and self.injection_scale() > 0 and self._pending \
-                and self._pending[-1].call == self._calls - 1:  # a zero injection has J^T g == 0: no extra backward
-            prev = self._pending[-1]
-            prev.sg_part = tg.synthetic_vjp(hn, prev.state, g)
+        start = self._pending[-1] if self._pending and self._pending[-1].call == self._calls - 1 else None
+        if start is not None and self.discount != 1.0 and self.injection_scale() > 0:
+            start.sg_part = tg.synthetic_vjp(hn, start.state, g)  # a zero injection has J^T g == 0: no extra backward
+        if start is not None and self.lookahead == 2:
+            weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+            start.rerun = (model, weights, inputs.detach() if torch.is_tensor(inputs) else inputs, g)
         if loss is not None:
             loss.add_(tg.surrogate(hn, g))
         else:
@@ -499,23 +527,47 @@ class Synthesizer(nn.Module):
         self._pending = [p for p in self._pending if p.call > upto]
         bounds, tars = [], []
         for p in ready:
-            grads = [t.grad for t in tg.as_tuple(p.state)]
-            if all(g is None for g in grads):  # nothing followed this boundary
-                if not self.use_improvement:
+            target = self._one_step(p)
+            if self.lookahead == 2:
+                w, self._waiting = self._waiting, None
+                if w is not None:  # its two-step target needed this cut's one-step target
+                    bounds.append(w.state)
+                    tars.append(self._two_step(w, target) if target is not None and w.call == p.call - 1
+                                else w.one_step)
+                if target is not None and p.rerun is not None:  # something was injected after it: wait
+                    p.one_step, self._waiting = target, p
                     continue
-                self.stats.zero_targets += 1
-                target = tg.like([torch.zeros_like(t) for t in tg.as_tuple(p.state)], p.state)
-            else:
-                delta = tg.like([torch.zeros_like(t) if g is None else g
-                                 for g, t in zip(grads, tg.as_tuple(p.state))], p.state)
-                target = tg.bootstrap_target(delta, p.sg_part, self.discount)
-            bounds.append(p.state)
-            tars.append(target)
+            if target is not None:
+                bounds.append(p.state)
+                tars.append(target)
         self.optimizer.zero_grad(set_to_none=True)
         self.finish_update(self.accumulate(bounds, tars))
+
+    def _one_step(self, p: _Pending) -> State | None:
+        """The one-step target of a resolved boundary (zeros when nothing followed it; None when
+        such a boundary is dropped). With lookahead=2 its delta is kept for the two-step target."""
+        grads = [t.grad for t in tg.as_tuple(p.state)]
+        if all(g is None for g in grads):  # nothing followed this boundary
+            if not self.use_improvement:
+                return None
+            self.stats.zero_targets += 1
+            return tg.like([torch.zeros_like(t) for t in tg.as_tuple(p.state)], p.state)
+        delta = tg.like([torch.zeros_like(t) if g is None else g for g, t in zip(grads, tg.as_tuple(p.state))],
+                        p.state)
+        if p.rerun is not None:
+            p.delta = delta
+        return tg.bootstrap_target(delta, p.sg_part, self.discount)
+
+    def _two_step(self, w: _Pending, next_target: State) -> State:
+        model, weights, inputs, g = w.rerun
+        w.rerun = None  # frees the copy of the weights
+        return tg.two_step_target(w.delta, g, next_target,
+                                  lambda cot: tg.chunk_vjp(model, weights, inputs, w.state, cot),
+                                  self.discount, self.lookahead_weight)
 
     def reset(self) -> None:
         """Forget boundaries that are waiting for a target (e.g. between training and evaluation)."""
         self._pending.clear()
+        self._waiting = None
         self._last_hn = None
 

@@ -114,6 +114,32 @@ def bootstrap_target(delta: State, sg_part: State | None, discount: float) -> St
     return like([d - (1.0 - discount) * s for d, s in zip(as_tuple(delta), as_tuple(sg_part))], delta)
 
 
+def two_step_target(delta: State, injected: State, next_target: State, vjp, discount: float,
+                    weight: float) -> State:
+    """The two-step target of the cut before chunk ``c`` (``Synthesizer(lookahead=2)``):
+    ``dL_c/dh_c + J_c^T [(1 - w) * discount * g_{c+1} + w * target_{c+1}]``, with ``target_{c+1}``
+    the next cut's one-step target. ``delta`` already holds ``dL_c/dh_c + J_c^T g_{c+1}``, so the
+    cotangent taken through the chunk is ``((1 - w) * discount - 1) * g_{c+1} + w * target_{c+1}``;
+    ``vjp(cotangent)`` returns ``J_c^T cotangent`` (see :func:`chunk_vjp`)."""
+    cot = [((1.0 - weight) * discount - 1.0) * g + weight * t
+           for g, t in zip(as_tuple(injected), as_tuple(next_target))]
+    return like([d + j for d, j in zip(as_tuple(delta), vjp(cot))], delta)
+
+
+def chunk_vjp(model, params: dict, inputs, start: State, cotangent: Sequence[torch.Tensor]) -> list:
+    """``J^T v`` of one chunk: the gradient of ``<v, end>`` at its start state, from running
+    ``model(inputs, start) -> (out, end)`` again with ``params`` (the weights the chunk ran with;
+    detached copies, so no weight gradient is taken)."""
+    s = detach_requires_grad(start)
+    got = torch.func.functional_call(model, params, (inputs, s))
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise TypeError("a two-step target runs the chunk again as model(inputs, state) and needs (out, state) "
+                        f"back, as nn.LSTM returns; got {type(got).__name__}")
+    ends, starts = list(as_tuple(got[1])), list(as_tuple(s))
+    grads = torch.autograd.grad(ends, starts, list(cotangent), allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, starts)]
+
+
 def regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over batch and units, for flattened ``(B, D)`` tensors."""
     return torch.nn.functional.mse_loss(pred, target, reduction="mean")

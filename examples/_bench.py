@@ -92,7 +92,8 @@ def curriculum(args, make_batch, level_name, n_levels_max, score_of, model, opt,
             solved = score_of(level)
             passed_at.append([solved, steps])
             level, window = level + 1, []
-        budget.log(f"{level_name}={level} bits/step={sum(window) / max(len(window), 1):.3f} solved={solved}")
+        budget.log(f"batch {steps} {level_name}={level} bits/step={sum(window) / max(len(window), 1):.3f} "
+                   f"solved={solved}")
     return {"steps": steps, "wall_s": budget.elapsed(), "max_len_solved": solved,
             "passed_at": passed_at,  # [score passed, batches trained when it passed]
             "curve": curve[::5]}

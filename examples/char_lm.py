@@ -64,7 +64,8 @@ def main(argv=None):
             x, y = streams[:, s:s + span], streams[:, s + 1:s + 1 + span]
             loss, state = model.chunk_loss(x, y, ones, state)
             if args.mode == "dni":
-                state = synth.backward_synthetic(state, loss)  # the stream goes on: never last
+                # model, inputs: only read with Synthesizer(lookahead=2), to run the chunk again later
+                state = synth.backward_synthetic(state, loss, model=model, inputs=x)  # the stream goes on: never last
             else:
                 state = tg.detach(state)
             total += float(loss.detach())
@@ -79,7 +80,7 @@ def main(argv=None):
         steps += 1
         bpc = total / window / math.log(2)
         curve.append([round(budget.elapsed(), 2), bpc])
-        budget.log(f"train bpc {bpc:.3f}")
+        budget.log(f"window {steps} train bpc {bpc:.3f}")
     train_s = budget.elapsed()
     valid = evaluate(model, corpus.data["valid"][: args.eval_chars], 8)
     test = evaluate(model, corpus.data["test"][: args.eval_chars], 8)

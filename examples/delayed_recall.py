@@ -34,7 +34,7 @@ def main(argv=None):
         if solved_at is None and len(losses) >= 50 and recent < 0.05:
             solved_at = len(losses)
         curve.append([round(budget.elapsed(), 2), losses[-1]])
-        budget.log(f"loss/step {recent:.3f}")
+        budget.log(f"sequence {len(losses)} loss/step {recent:.3f}")
     return finish(args, {"steps": len(losses), "wall_s": budget.elapsed(), "delay": args.delay,
                          "synth_kw": args.synth_kw, "synth_lr": args.synth_lr,
                          "final_loss": sum(losses[-50:]) / len(losses[-50:]), "solved_at": solved_at,

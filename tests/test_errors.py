@@ -76,5 +76,5 @@ def test_the_engine_refuses_two_step_targets():
     from dni_dist.tasks.specs import recall_spec
     cfg = dni_dist.Config(workers=1, truncation=4, chunks=2, steps=1, batch=4, hidden=8,
                           synth_options='{"lookahead": 2}')
-    with pytest.raises(ValueError, match=r"lookahead=2\) is not supported in the engine.*loops.train_batch"):
+    with pytest.raises(ValueError, match=r"lookahead=2\) is not supported in the engine.*model=model, inputs=x"):
         dni_dist.fit(recall_spec(cfg), cfg)

@@ -365,12 +365,67 @@ def test_two_step_target_is_two_chunks_of_true_gradient(cell, discount, weight):
             torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
 
 
-def test_two_step_targets_are_refused_where_the_chunk_is_not_at_hand():
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_with(kind):
+    """The seed API with lookahead=2 in a plain TBPTT loop over a user's nn.LSTM/nn.GRU and head,
+    the optimizer changing the weights after every chunk: the cut before chunk c regresses on the
+    gradient of L_c + (1-w) gamma <g_{c+1}, h_{c+1}> + w (L_{c+1} + gamma <g_{c+2}, h_{c+2}>), each
+    chunk computed here with the weights it ran with (recorded before its forward)."""
+    from torch.func import functional_call
+    gamma, w, T, n = 0.5, 0.6, 3, 5
+    rnn = _rnn(kind, h=5)
+    head = nn.Linear(5, 2)
+    synth = _random_synth(rnn, discount=gamma, factor=0.7, lookahead=2, lookahead_weight=w)
+    seen, injected = [], []
+    acc, inj = synth.accumulate, synth.synthetic_gradient
+    synth.accumulate = lambda b, t: seen.extend(zip(map(tg.detach, b), map(tg.detach, t))) or acc(b, t)
+    synth.synthetic_gradient = lambda s: injected.append(inj(s)) or injected[-1]
+    opt = torch.optim.SGD(list(rnn.parameters()) + list(head.parameters()), lr=0.2)
+    torch.manual_seed(2)
+    x, y = torch.randn(T * n, 4, 3), torch.randn(T * n, 4, 2)  # (time, batch, features): nn.LSTM's default
+    weights, h = [], None
+    for c in range(n):
+        weights.append([{k: v.detach().clone() for k, v in m.named_parameters()} for m in (rnn, head)])
+        out, hn = rnn(x[c * T:(c + 1) * T], h)
+        loss = (head(out) - y[c * T:(c + 1) * T]).pow(2).mean()
+        h = synth.backward_synthetic(hn, loss, last=c == n - 1, model=rnn, inputs=x[c * T:(c + 1) * T])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    synth.step()
+    assert len(seen) == n - 1 and len(injected) == n - 1
+
+    def chunk(c, s):
+        wr, wh = weights[c]
+        out, end = functional_call(rnn, wr, (x[c * T:(c + 1) * T], s))
+        return (functional_call(head, wh, (out,)) - y[c * T:(c + 1) * T]).pow(2).mean(), end
+
+    def dot(g, s):
+        return sum((a * b).sum() for a, b in zip(tg.as_tuple(g), tg.as_tuple(s)))
+
+    for c, (cut, target) in enumerate(seen, start=1):
+        start = tg.detach_requires_grad(cut)
+        loss, end = chunk(c, start)
+        if c == n - 1:
+            total = loss
+        else:
+            loss2, end2 = chunk(c + 1, end)
+            later = loss2 if c + 1 == n - 1 else loss2 + gamma * dot(injected[c + 1], end2)
+            total = loss + (1 - w) * gamma * dot(injected[c], end) + w * later
+        want = torch.autograd.grad(total, list(tg.as_tuple(start)))
+        for got, expect in zip(tg.as_tuple(target), want):
+            torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_two_step_targets_need_the_chunk_at_hand():
     rnn = _rnn("lstm")
     synth = Synthesizer.for_rnn(rnn, lookahead=2)
-    out, h = rnn(torch.randn(2, 4, 3))
-    with pytest.raises(ValueError, match="lookahead=2.*seed API.*loops.train_batch"):
+    x = torch.randn(2, 4, 3)
+    out, h = rnn(x)
+    with pytest.raises(ValueError, match=r"lookahead=2\) runs each chunk again.*model=model, inputs=x"):
         synth.backward_synthetic(h, out.sum())
+    with pytest.raises(ValueError, match="model must be the nn.Module"):
+        synth.backward_synthetic(h, out.sum(), model=lambda a, b: (a, b), inputs=x)
     with pytest.raises(ValueError, match="lookahead=3"):
         Synthesizer(size=4, lookahead=3)
     with pytest.raises(ValueError, match="lookahead_weight"):
