@@ -313,6 +313,27 @@ def test_significance_gate_opens_only_on_evidence_above_its_noise(mean, gate_ope
         Synthesizer(4, gate_significance=-1.0)
 
 
+def _check_two_step_targets(seen, injected, chunk, n, discount, weight):
+    """Each regressed (cut, target) against autograd: the gradient at the cut before chunk c of
+    L_c + (1-w) discount <g_{c+1}, h_{c+1}> + w (L_{c+1} + discount <g_{c+2}, h_{c+2}>), with
+    ``chunk(c, start) -> (loss, end)`` and the recorded injections; the last cut's is exact."""
+    def dot(g, h):
+        return sum((a * b).sum() for a, b in zip(tg.as_tuple(g), tg.as_tuple(h)))
+
+    for c, (cut, target) in enumerate(seen, start=1):
+        start = tg.detach_requires_grad(cut)
+        loss, end = chunk(c, start)
+        if c == n - 1:
+            total = loss  # the last chunk: its exact gradient
+        else:
+            loss2, end2 = chunk(c + 1, end)
+            later = loss2 if c + 1 == n - 1 else loss2 + discount * dot(injected[c + 1], end2)
+            total = loss + (1 - weight) * discount * dot(injected[c], end) + weight * later
+        want = torch.autograd.grad(total, list(tg.as_tuple(start)))
+        for got, expect in zip(tg.as_tuple(target), want):
+            torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("discount,weight", [(0.5, 1.0), (0.5, 0.3), (1.0, 1.0)])
 def test_two_step_target_is_two_chunks_of_true_gradient(cell, discount, weight):
@@ -348,21 +369,7 @@ def test_two_step_target_is_two_chunks_of_true_gradient(cell, discount, weight):
         sl = slice(c * T, (c + 1) * T)
         return model.chunk_loss(x[:, sl], y[:, sl], m[:, sl], s)
 
-    def dot(g, h):
-        return sum((a * b).sum() for a, b in zip(tg.as_tuple(g), tg.as_tuple(h)))
-
-    for c, (cut, target) in enumerate(seen, start=1):
-        start = tg.detach_requires_grad(cut)
-        loss, end = chunk(c, start)
-        if c == n - 1:
-            total = loss  # the last chunk: its exact gradient
-        else:
-            loss2, end2 = chunk(c + 1, end)
-            later = loss2 if c + 1 == n - 1 else loss2 + discount * dot(injected[c + 1], end2)
-            total = loss + (1 - weight) * discount * dot(injected[c], end) + weight * later
-        want = torch.autograd.grad(total, list(tg.as_tuple(start)))
-        for got, w in zip(tg.as_tuple(target), want):
-            torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+    _check_two_step_targets(seen, injected, chunk, n, discount, weight)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -400,21 +407,7 @@ def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_wit
         out, end = functional_call(rnn, wr, (x[c * T:(c + 1) * T], s))
         return (functional_call(head, wh, (out,)) - y[c * T:(c + 1) * T]).pow(2).mean(), end
 
-    def dot(g, s):
-        return sum((a * b).sum() for a, b in zip(tg.as_tuple(g), tg.as_tuple(s)))
-
-    for c, (cut, target) in enumerate(seen, start=1):
-        start = tg.detach_requires_grad(cut)
-        loss, end = chunk(c, start)
-        if c == n - 1:
-            total = loss
-        else:
-            loss2, end2 = chunk(c + 1, end)
-            later = loss2 if c + 1 == n - 1 else loss2 + gamma * dot(injected[c + 1], end2)
-            total = loss + (1 - w) * gamma * dot(injected[c], end) + w * later
-        want = torch.autograd.grad(total, list(tg.as_tuple(start)))
-        for got, expect in zip(tg.as_tuple(target), want):
-            torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+    _check_two_step_targets(seen, injected, chunk, n, gamma, w)
 
 
 def test_two_step_targets_need_the_chunk_at_hand():
