@@ -98,8 +98,8 @@ class Synthesizer(nn.Module):
             (``target_{c+1}`` the next cut's one-step target), so credit reaches two cuts back
             (docs/math.md, "Two cuts with two-step targets"). It runs each chunk once more, a chunk
             later, with the weights it ran with: pass ``model=`` and ``inputs=`` to
-            :meth:`backward_synthetic` (or train with :func:`dni_dist.loops.train_batch`). Not
-            available in the engine.
+            :meth:`backward_synthetic` (or train with :func:`dni_dist.loops.train_batch`); the
+            engine does it itself (the next worker sends the next cut's target back).
         lookahead_weight: w above, in [0, 1] (lookahead=2 only); below 1 it mixes in the one-step
             target, the two-step case of a lambda-return.
     """
@@ -433,16 +433,6 @@ class Synthesizer(nn.Module):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.stats.updates += 1
-
-    def require_one_step(self, where: str) -> None:
-        """Refuse ``lookahead > 1`` where the chunk's model and inputs are not at hand."""
-        if self.lookahead != 1:
-            raise ValueError(f"Synthesizer(lookahead={self.lookahead}) is not supported in {where}: a two-step "
-                             "target back-propagates the next cut's target through this chunk once that "
-                             "target is known, which needs the chunk's model and inputs a chunk later. Train "
-                             "in one process with the seed API, synth.backward_synthetic(hn, loss, "
-                             "model=model, inputs=x), or dni_dist.loops.train_batch(..., mode='dni'); or use "
-                             "lookahead=1")
 
     # ------------------------------------------------------------------ seed API
     def backward_synthetic(self, hn: State, loss: torch.Tensor | None = None, *, last: bool = False,

@@ -28,10 +28,13 @@ def run_debug(cfg, spec=None):
 
 # ------------------------------------------------------------------ schedules as data
 @pytest.mark.parametrize("chunks,workers,batches", [(4, 1, 3), (4, 2, 3), (6, 3, 2), (8, 4, 5), (2, 2, 1)])
-def test_schedule_is_consistent(chunks, workers, batches):
-    s = Schedule(chunks, workers, batches)
-    s.check()
-    assert s.ticks == (batches + workers - 1) * chunks // workers
+@pytest.mark.parametrize("lookahead", [1, 2])
+def test_schedule_is_consistent(chunks, workers, batches, lookahead):
+    s = Schedule(chunks, workers, batches, lookahead=lookahead)
+    s.check()  # with lookahead=2 also: every target sent back is received, within the segment
+    assert s.ticks == (batches + workers - 1) * chunks // workers + (lookahead == 2)  # + one idle tick
+    for g in (1, 2):
+        Schedule(chunks, workers, batches, stream_groups=g, lookahead=lookahead).check()
     busy = [sum(s.action(w, t) is not None for w in range(workers)) for t in range(s.ticks)]
     # steady state: every worker computes every tick
     assert max(busy) == workers or batches < workers
@@ -61,15 +64,18 @@ def test_schedule_rejects_bad_split():
 
 
 # ------------------------------------------------------------------ K=1 equals hand-written loops
-@pytest.mark.parametrize("mode", ["dni", "tbptt"])
-def test_one_worker_equals_the_seed_api_loop(mode, tmp_path):
-    cfg = Config(mode=mode, workers=1, checkpoint_dir=str(tmp_path), checkpoint_every=SMALL["steps"], **SMALL)
+@pytest.mark.parametrize("mode,lookahead", [("dni", 1), ("tbptt", 1), ("dni", 2)])
+def test_one_worker_equals_the_seed_api_loop(mode, lookahead, tmp_path):
+    """lookahead=2: the engine completes a cut's two-step target in the next chunk's tick, the
+    seed API when the next cut resolves; the same targets before every injection, the same bits."""
+    cfg = Config(mode=mode, workers=1, checkpoint_dir=str(tmp_path), checkpoint_every=SMALL["steps"],
+                 synth_options=json.dumps({"lookahead": lookahead}), **SMALL)
     got = run_debug(cfg)["losses"]
     spec = resolve_spec(cfg)
     torch.manual_seed(cfg.seed)
     model = spec.model()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr) if mode == "dni" else None
+    synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, lookahead=lookahead) if mode == "dni" else None
     want = []
     for b in range(cfg.steps):
         x, y, m = spec.batch(b)
@@ -79,7 +85,7 @@ def test_one_worker_equals_the_seed_api_loop(mode, tmp_path):
             out, state = model(x[:, sl], state)
             loss = spec.loss(out, y[:, sl], m[:, sl])
             if mode == "dni":  # the README's three lines
-                state = synth.backward_synthetic(state, loss, last=c == cfg.chunks - 1)
+                state = synth.backward_synthetic(state, loss, last=c == cfg.chunks - 1, model=model, inputs=x[:, sl])
             else:
                 state = tg.detach(state)
             want.append(float(loss.detach()))
@@ -92,6 +98,8 @@ def test_one_worker_equals_the_seed_api_loop(mode, tmp_path):
     _, state = latest(str(tmp_path))
     for k, v in model.state_dict().items():
         assert torch.equal(state["worker"]["model"][k], v), k
+    for k, v in (synth.state_dict() if synth is not None else {}).items():  # it learned on the same targets
+        assert torch.equal(state["worker"]["synth"][k], v), k
 
 
 @pytest.mark.parametrize("spec_name", ["spec", "stream_spec"])
@@ -197,6 +205,24 @@ def test_torch_distributed_matches_debug_bitwise(mode, sync, reduce, tmp_path):
     cfg = Config(mode=mode, sync=sync, workers=2, reduce=reduce, **SMALL)
     model, ref = debug.run(cfg, resolve_spec(cfg))
     got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path)
+    assert got[0]["losses"] == got[1]["losses"] == ref["losses"]
+    _same_weights(model.state_dict(), got[0]["model"])
+    _same_weights(model.state_dict(), got[1]["model"])
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("chunks,sync,spec_name", [(4, "exact", None), (2, "overlap", None), (2, "exact", "stream_spec")])
+def test_two_step_targets_torchrun_matches_debug(chunks, sync, spec_name, tmp_path):
+    """lookahead=2, K=2: a cut whose next chunk runs on the next worker gets that cut's target
+    back in a message (4 chunks: one such cut per sequence; 2 chunks: the last lands in the
+    segment's idle tick; with a user's streams, 2 chunks, worker 1 sends a carry and a target
+    back in one tick, and they must be received in that order)."""
+    spec = getattr(user_spec, spec_name) if spec_name else None
+    base = {**USER, "steps": 6, "chunks": chunks, "truncation": USER["chunks"] * USER["truncation"] // chunks} \
+        if spec_name else {**SMALL, "chunks": chunks}
+    cfg = Config(workers=2, sync=sync, synth_options='{"lookahead": 2}', **base)
+    model, ref = debug.run(cfg, spec or resolve_spec(cfg))
+    got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path, spec)
     assert got[0]["losses"] == got[1]["losses"] == ref["losses"]
     _same_weights(model.state_dict(), got[0]["model"])
     _same_weights(model.state_dict(), got[1]["model"])

@@ -71,10 +71,3 @@ def test_a_text_file_is_a_corpus_and_bad_names_say_what_is_expected(tmp_path):
         load_corpus("nope.txt")
 
 
-def test_the_engine_refuses_two_step_targets():
-    import dni_dist
-    from dni_dist.tasks.specs import recall_spec
-    cfg = dni_dist.Config(workers=1, truncation=4, chunks=2, steps=1, batch=4, hidden=8,
-                          synth_options='{"lookahead": 2}')
-    with pytest.raises(ValueError, match=r"lookahead=2\) is not supported in the engine.*model=model, inputs=x"):
-        dni_dist.fit(recall_spec(cfg), cfg)

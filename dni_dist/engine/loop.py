@@ -32,7 +32,7 @@ def header(kind: str, batch: int, chunk: int, like) -> Message:
     return Message(kind, batch, chunk, tuple(tuple(t.shape) for t in parts), parts[0].dtype)
 
 
-def segments(cfg, start: int, stream_groups: int) -> Iterator[Schedule]:
+def segments(cfg, start: int, stream_groups: int, lookahead: int = 1) -> Iterator[Schedule]:
     """Batches ``[start, steps)`` cut at checkpoints. The pipeline drains at each cut so a
     checkpoint holds no message in flight, and a resumed run repeats the same computation."""
     every = cfg.checkpoint_every or cfg.steps
@@ -41,7 +41,7 @@ def segments(cfg, start: int, stream_groups: int) -> Iterator[Schedule]:
         n = min(every - b % every, cfg.steps - b)
         workers = 1 if cfg.parallel == "data" else cfg.workers
         yield Schedule(cfg.chunks, workers, n, first_batch=b, stream_groups=stream_groups,
-                       deltas=cfg.mode == "dni")
+                       deltas=cfg.mode == "dni", lookahead=lookahead)
         b += n
 
 
@@ -86,6 +86,7 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
             # same sums and the same steps, in the same order of use, as one buffer at the tick's end).
             model_part = transport.start_all_reduce(worker.model_grads())
             synth_part = worker.synth_grads()
+            _send(worker, transport, worker.take_sends())  # two-step targets going back
             tm.lap("compute")
             yield
             tm.lap("other")
@@ -96,6 +97,7 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
         else:
             worker.backward()
             buf = worker.grad_buffer()
+            _send(worker, transport, worker.take_sends())
             tm.lap("compute")
             if pending is not None:
                 total = transport.finish(pending)

@@ -22,6 +22,10 @@ state) and the gradient that reached it (delta), and the synthesizer is replicat
 regresses the synthesizer on them itself, in the same tick's update. (The paper's picture sends
 delta back to the worker that made the prediction; with replicas that is the same sum of
 regression terms, without a wait for the next worker's backward.)
+- ``target`` (``lookahead=2``, two-step targets): the cut before chunk c waits for the next cut's
+  one-step target. When chunk c+1 is the first of the next worker's block, that worker sends the
+  target back once it has it (end of its tick); the owner of chunk c receives it before its next
+  forward and completes the cut's target then. One idle tick at the end lets the last one land.
 """
 from __future__ import annotations
 
@@ -59,7 +63,9 @@ class Schedule:
     """batch number of the schedule's first batch (a run resumed from a checkpoint starts later)."""
     stream_groups: int = 0
     deltas: bool = True
-    """whether chunks send the gradient of their start state back (DNI mode)."""
+    """whether chunks compute the gradient of their start state (DNI mode)."""
+    lookahead: int = 1
+    """2: two-step targets, which wait for the next cut's target (``target`` messages)."""
     starts: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -85,7 +91,11 @@ class Schedule:
 
     @property
     def ticks(self) -> int:
-        return self.starts[-1] + self.workers * self.block
+        return self.starts[-1] + self.workers * self.block + (1 if self.two_step else 0)
+
+    @property
+    def two_step(self) -> bool:
+        return self.deltas and self.lookahead == 2
 
     @property
     def last(self) -> int:
@@ -131,6 +141,18 @@ class Schedule:
         (every chunk but a sequence's first; with streams, that one too when it continues one)."""
         return self.deltas and (a.chunk > 0 or self.continues(a) is not None)
 
+    def waits_for_target(self, a: Action) -> bool:
+        """Two-step targets: the cut at the chunk's start waits for the next cut's one-step target
+        (every cut with a delta but the one before a sequence's last chunk, which nothing follows
+        in the batch: its one-step target is final)."""
+        return self.two_step and self.needs_delta(a) and a.chunk < self.chunks - 1
+
+    def sends_target(self, a: Action) -> bool:
+        """The chunk's one-step target goes back to the previous worker, whose cut waits for it."""
+        if a.chunk % self.block or a.chunk == 0:
+            return False
+        return self.waits_for_target(Action(a.tick - 1, a.worker - 1, a.batch, a.chunk - 1))
+
     # ---------------------------------------------------------------- receives, per worker and tick
     def receives_before(self, worker: int, tick: int) -> list[Receive]:
         """What ``worker`` receives before its forward at ``tick``."""
@@ -142,11 +164,16 @@ class Schedule:
             done = self._ended_at(tick - 1)
             if done is not None:
                 out.append(Receive(self.workers - 1, "carry", done, self.chunks - 1))
+        if self.two_step and worker + 1 < self.workers and tick > 0:  # after the carry: sent after it
+            b = self.action(worker + 1, tick - 1)
+            if b is not None and self.sends_target(b):
+                out.append(Receive(worker + 1, "target", b.batch, b.chunk - 1))
         return out
 
     def receives_at_drain(self, worker: int) -> list[Receive]:
-        """The carry the last tick sent, received after it (the segment ends with none in flight)."""
-        if worker == 0 and self.workers > 1 and self.stream_groups:
+        """The carry the last tick sent, received after it (the segment ends with none in flight).
+        With two-step targets the idle last tick receives it."""
+        if worker == 0 and self.workers > 1 and self.stream_groups and not self.two_step:
             return [Receive(self.workers - 1, "carry", self.last, self.chunks - 1)]
         return []
 
@@ -188,5 +215,9 @@ class Schedule:
                     p = self.action(w - 1, t - 1)
                     if p is None or (p.batch, p.chunk) != (a.batch, a.chunk - 1) or not self.sends_state(p):
                         raise AssertionError(f"{a} expects a state from worker {w - 1} at tick {t - 1}")
+                if self.sends_target(a):
+                    got = self.receives_before(w - 1, t + 1) if t + 1 < self.ticks else []
+                    if Receive(w, "target", a.batch, a.chunk - 1) not in got:
+                        raise AssertionError(f"{a} sends a target that worker {w - 1} never receives")
         if len(seen) != self.chunks * self.batches or min(b for b, _ in seen) != self.first_batch:
             raise AssertionError(f"{len(seen)} chunks ran; expected {self.chunks * self.batches}")

@@ -44,6 +44,17 @@ class Send:
     state: object
 
 
+@dataclass
+class _Waiting:
+    """A cut whose two-step target waits for the next cut's one-step target (``lookahead=2``)."""
+    start: object      # the state at the cut (the chunk's start, a leaf)
+    delta: object      # what reached it in the chunk's backward: dL_c/dh + J_c^T g
+    one_step: object   # its own one-step target (used if the next cut has none)
+    injected: object   # g injected at the chunk's end
+    weights: dict      # the weights the chunk ran with, and its inputs: to run it again
+    x: torch.Tensor
+
+
 def _finite(flat: torch.Tensor) -> bool:
     """No NaN or Inf in ``flat``: a finite sum proves it (one reduction instead of a mask)."""
     return bool(torch.isfinite(flat.sum())) or bool(torch.isfinite(flat).all())
@@ -69,7 +80,6 @@ class Worker:
             opts = {"lr": cfg.synth_lr, "factor": cfg.factor, "discount": cfg.discount, **spec.synthesizer,
                     **(json.loads(cfg.synth_options) if cfg.synth_options else {})}
             self.synth = Synthesizer.for_state(self.like, **opts)
-            self.synth.require_one_step("the engine")
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
         # Gradients accumulate straight into one flat buffer per tick (params' .grad are views of
         # it), which is what the all-reduce sums in place: no copy in, no copy out. Two buffers
@@ -85,7 +95,11 @@ class Worker:
         self._action: Action | None = None
         self._carry = None             # state handed from this worker's previous chunk
         self._received: dict = {}      # (kind, batch, chunk) -> state that arrived for a coming chunk
-        self._targets: list = []       # (boundary state, ChunkResult) whose target is regressed on this tick
+        self._targets: list = []       # (boundary state, ChunkResult, rerun) whose target is regressed on this tick
+        self._rerun = None             # lookahead=2: (weights, inputs) of this tick's chunk, if its cut will wait
+        self._waiting: dict = {}       # (batch, chunk) -> _Waiting: cuts waiting for the next cut's target
+        self._arrived: list = []       # (batch, chunk) of targets that arrived this tick for waiting cuts
+        self._sends: list = []         # targets to send back at the end of this tick
         self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
         self._loss, self._ran, self._skipped = 0.0, 0, 0
         self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
@@ -123,6 +137,7 @@ class Worker:
         """Start a segment (the pipeline is empty between segments: nothing is in flight)."""
         self.schedule = schedule
         self._received.clear()
+        self._waiting.clear()  # none left: a segment ends with an idle tick that completes the last
 
     # ---------------------------------------------------------------- data
     def _chunk_data(self, batch: int, chunk: int):
@@ -148,6 +163,7 @@ class Worker:
         buf.zero_()
         self._bind(buf)
         self._loss, self._ran, self._skipped, self._targets = 0.0, 0, 0, []
+        self._rerun = None
 
     def _bind(self, flat: torch.Tensor) -> None:
         """Make every parameter's .grad a view of ``flat`` (model first, then synthesizer)."""
@@ -183,6 +199,8 @@ class Worker:
             x = x * float("nan")
         self._graph = chunk_forward(self.model, self.spec.loss, start, x, y, m,
                                     need_delta=s.needs_delta(a) and start is not None)
+        if s.waits_for_target(a) and start is not None:  # copied before this tick's step changes them
+            self._rerun = ({k: v.detach().clone() for k, v in self.model.named_parameters()}, x)
         out = []
         if s.sends_state(a):
             out.append(Send(self.position + 1, "state", a.batch, a.chunk, tg.detach(self._graph.end)))
@@ -216,12 +234,15 @@ class Worker:
         else:
             self._loss, self._ran = res.loss, 1
             if res.delta is not None:
-                self._targets.append((graph.start, res))  # its J^T g pass (if any) runs in synth_grads
+                self._targets.append((graph.start, res, self._rerun))  # its J^T g pass (if any) runs in synth_grads
 
     def receive(self, kind: str, batch: int, chunk: int, state) -> None:
         """A message arrived: a start state for a coming chunk, or a stream's final state."""
         if kind == "carry":
             self.streams[batch] = state
+        elif kind == "target":
+            self._received[(kind, batch, chunk)] = state
+            self._arrived.append((batch, chunk))
         else:
             self._received[(kind, batch, chunk)] = state
 
@@ -238,15 +259,64 @@ class Worker:
         """The synthesizer's part of this tick's buffer: its regression gradients and evidence.
         Hands the buffer out: the next tick writes the other one."""
         ev = torch.zeros(EVIDENCE, dtype=torch.float64)
-        if self._targets:
-            bounds = [b for b, _ in self._targets]
-            self.n_targets += len(self._targets)
-            self.n_jtg_passes += sum(res.vjp is not None for _, res in self._targets)
-            ev = self.synth.accumulate(bounds, [chunk_target(res) for _, res in self._targets])
+        bounds, targets = self._regression_targets()
+        if bounds:
+            ev = self.synth.accumulate(bounds, targets)
         buf = self._bufs[self._cur]
         buf[-EVIDENCE:] = ev.to(buf.dtype)
         self._cur ^= 1
         return buf[self._split:]
+
+    def _regression_targets(self) -> tuple[list, list]:
+        """The (cut, target) pairs regressed on this tick. One-step: the cut at this chunk's
+        start. Two-step (``lookahead=2``): a cut waits for the next cut's one-step target, which
+        this worker computes (the next chunk ran here) or receives (it ran on the next worker);
+        then its target is completed by running its chunk again with the weights it ran with."""
+        bounds, targets = [], []
+        for key in self._arrived:
+            w, got = self._waiting.pop(key, None), self._received.pop(("target",) + key)
+            if w is not None:  # None: that chunk was skipped or started a stream afresh, and has no cut
+                bounds.append(w.start)
+                targets.append(self._two_step(w, got))
+        self._arrived = []
+        a, s = self._action, self.schedule
+        for start, res, rerun in self._targets:
+            self.n_targets += 1
+            self.n_jtg_passes += res.vjp is not None
+            one = chunk_target(res)
+            prev = self._waiting.pop((a.batch, a.chunk - 1), None)
+            if prev is not None:
+                bounds.append(prev.start)
+                targets.append(self._two_step(prev, one))
+            if s.sends_target(a):
+                self._sends.append(Send(self.position - 1, "target", a.batch, a.chunk - 1, one))
+            if rerun is not None:
+                self._waiting[(a.batch, a.chunk)] = _Waiting(start, res.delta, one, res.injected, *rerun)
+            else:
+                bounds.append(start)
+                targets.append(one)
+        if a is not None and s.two_step and not self._targets:  # no target from this chunk (skipped)
+            prev = self._waiting.pop((a.batch, a.chunk - 1), None)
+            if prev is not None:  # its cut keeps its one-step target
+                bounds.append(prev.start)
+                targets.append(prev.one_step)
+            if s.sends_target(a):  # the previous worker waits for it: a NaN target says "none"
+                self._sends.append(Send(self.position - 1, "target", a.batch, a.chunk - 1,
+                                        tg.like([torch.full_like(t, float("nan")) for t in tg.as_tuple(self.like)],
+                                                self.like)))
+        return bounds, targets
+
+    def _two_step(self, w: _Waiting, next_target) -> object:
+        if not tg.all_finite(next_target):
+            return w.one_step
+        return tg.two_step_target(w.delta, w.injected, next_target,
+                                  lambda cot: tg.chunk_vjp(self.model, w.weights, w.x, w.start, cot),
+                                  self.synth.discount, self.synth.lookahead_weight)
+
+    def take_sends(self) -> list[Send]:
+        """The targets to send back now (``lookahead=2``); empty otherwise."""
+        out, self._sends = self._sends, []
+        return out
 
     def grad_buffer(self) -> torch.Tensor:
         """This tick's whole buffer, to be summed over workers and passed to :meth:`apply`."""

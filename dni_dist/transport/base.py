@@ -14,7 +14,7 @@ class MessageError(RuntimeError):
 @dataclass(frozen=True)
 class Message:
     """What a message claims to be: its kind, batch and chunk, and the shapes of its tensors."""
-    kind: str          # "state" or "carry"
+    kind: str          # "state", "carry" or "target"
     batch: int
     chunk: int
     shapes: tuple      # one shape per tensor

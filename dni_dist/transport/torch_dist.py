@@ -27,7 +27,7 @@ import torch.distributed as dist
 from . import shm
 from .base import Message, MessageError
 
-KINDS = {"state": 1, "carry": 3}
+KINDS = {"state": 1, "carry": 3, "target": 4}
 SENTINEL = 8191.0  # exact in every float dtype we send
 DTYPES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4}
 HEADER = 16  # int64 slots: magic, kind, batch, chunk, dtype, payload size, ntensors, (ndim, dims...) packed
