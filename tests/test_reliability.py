@@ -286,8 +286,12 @@ def test_ray_restarts_the_group_after_a_killed_actor(tmp_path):
     assert got["losses"] == ref["losses"]
 
 
-def test_nan_input_is_skipped_counted_and_never_poisons_weights(tmp_path):
-    cfg = Config(**dict(SMALL, steps=4, workers=2), fail_at=1, fail_rank=0, fail_mode="nan")
+@pytest.mark.parametrize("lookahead", [1, 2])
+def test_nan_input_is_skipped_counted_and_never_poisons_weights(lookahead, tmp_path):
+    """lookahead=2: the skipped chunk after a block boundary still answers the previous worker's
+    waiting cut (with a NaN target, which keeps its one-step target), so no one waits forever."""
+    cfg = Config(**dict(SMALL, steps=4, workers=2), fail_at=1, fail_rank=0, fail_mode="nan",
+                 synth_options=f'{{"lookahead": {lookahead}}}')
     model, m = debug.run(cfg, resolve_spec(cfg))
     assert m["skipped_chunks"] == cfg.chunks  # batch 1's chunks: the NaN state travels on, each skipped once
     assert all(v == v for v in m["losses"])  # no NaN step loss
