@@ -98,7 +98,7 @@ class Worker:
         self._targets: list = []       # (boundary state, ChunkResult, rerun) whose target is regressed on this tick
         self._rerun = None             # lookahead=2: (weights, inputs) of this tick's chunk, if its cut will wait
         self._waiting: dict = {}       # (batch, chunk) -> _Waiting: cuts waiting for the next cut's target
-        self._arrived: list = []       # (batch, chunk) of targets that arrived this tick for waiting cuts
+        self._arrived: list = []       # ((batch, chunk), target) that arrived this tick for waiting cuts
         self._sends: list = []         # targets to send back at the end of this tick
         self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
         self._loss, self._ran, self._skipped = 0.0, 0, 0
@@ -237,12 +237,12 @@ class Worker:
                 self._targets.append((graph.start, res, self._rerun))  # its J^T g pass (if any) runs in synth_grads
 
     def receive(self, kind: str, batch: int, chunk: int, state) -> None:
-        """A message arrived: a start state for a coming chunk, or a stream's final state."""
+        """A message arrived: a start state for a coming chunk, a stream's final state, or (two-step
+        targets) the next cut's target for a waiting cut."""
         if kind == "carry":
             self.streams[batch] = state
         elif kind == "target":
-            self._received[(kind, batch, chunk)] = state
-            self._arrived.append((batch, chunk))
+            self._arrived.append(((batch, chunk), state))
         else:
             self._received[(kind, batch, chunk)] = state
 
@@ -273,8 +273,8 @@ class Worker:
         this worker computes (the next chunk ran here) or receives (it ran on the next worker);
         then its target is completed by running its chunk again with the weights it ran with."""
         bounds, targets = [], []
-        for key in self._arrived:
-            w, got = self._waiting.pop(key, None), self._received.pop(("target",) + key)
+        for key, got in self._arrived:
+            w = self._waiting.pop(key, None)
             if w is not None:  # None: that chunk was skipped or started a stream afresh, and has no cut
                 bounds.append(w.start)
                 targets.append(self._two_step(w, got))

@@ -1,0 +1,124 @@
+"""Two-step targets (``Synthesizer(lookahead=2)``) in the seed API and the reference loop, checked
+against autograd through two chunks. The engine's are checked in test_engine.py."""
+import pytest
+import torch
+from torch import nn
+
+from dni_dist import Synthesizer
+from dni_dist import targets as tg
+
+from test_synthesizer import _random_synth, _rnn
+
+
+def _check_two_step_targets(seen, injected, chunk, n, discount, weight):
+    """Each regressed (cut, target) against autograd: the gradient at the cut before chunk c of
+    L_c + (1-w) discount <g_{c+1}, h_{c+1}> + w (L_{c+1} + discount <g_{c+2}, h_{c+2}>), with
+    ``chunk(c, start) -> (loss, end)`` and the recorded injections; the last cut's is exact."""
+    def dot(g, h):
+        return sum((a * b).sum() for a, b in zip(tg.as_tuple(g), tg.as_tuple(h)))
+
+    for c, (cut, target) in enumerate(seen, start=1):
+        start = tg.detach_requires_grad(cut)
+        loss, end = chunk(c, start)
+        if c == n - 1:
+            total = loss  # the last chunk: its exact gradient
+        else:
+            loss2, end2 = chunk(c + 1, end)
+            later = loss2 if c + 1 == n - 1 else loss2 + discount * dot(injected[c + 1], end2)
+            total = loss + (1 - weight) * discount * dot(injected[c], end) + weight * later
+        want = torch.autograd.grad(total, list(tg.as_tuple(start)))
+        for got, expect in zip(tg.as_tuple(target), want):
+            torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("discount,weight", [(0.5, 1.0), (0.5, 0.3), (1.0, 1.0)])
+def test_two_step_target_is_two_chunks_of_true_gradient(cell, discount, weight):
+    """lookahead=2: the cut before chunk c regresses on the gradient at that cut of
+    L_c + (1-w) * discount * <g_{c+1}, h_{c+1}> + w * (L_{c+1} + discount * <g_{c+2}, h_{c+2}>),
+    computed here by autograd through both chunks (weights frozen by lr=0, g recorded)."""
+    from dni_dist import SeqModel
+    from dni_dist.loops import train_batch
+    torch.manual_seed(0)
+    model = SeqModel(2, 5, 2, cell=cell)
+    synth = _random_synth(model.rnn, discount=discount, factor=0.7, lookahead=2, lookahead_weight=weight)
+    seen, injected = [], []
+    acc, inj = synth.accumulate, synth.synthetic_gradient
+
+    def spy_acc(bounds, targets):
+        seen.extend((tg.detach(b), tg.detach(t)) for b, t in zip(bounds, targets))
+        return acc(bounds, targets)
+
+    def spy_inj(state):
+        g = inj(state)
+        injected.append(tg.detach(g))
+        return g
+
+    synth.accumulate, synth.synthetic_gradient = spy_acc, spy_inj
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(2)
+    T, n = 3, 5
+    x, y, m = torch.randn(4, T * n, 2), torch.rand(4, T * n, 2).round(), torch.ones(4, T * n)
+    train_batch(model, synth, opt, x, y, m, T, "dni")
+    assert len(seen) == n - 1 and len(injected) == n - 1  # cuts before chunks 1..n-1; nothing at the end
+
+    def chunk(c, s):
+        sl = slice(c * T, (c + 1) * T)
+        return model.chunk_loss(x[:, sl], y[:, sl], m[:, sl], s)
+
+    _check_two_step_targets(seen, injected, chunk, n, discount, weight)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_with(kind):
+    """The seed API with lookahead=2 in a plain TBPTT loop over a user's nn.LSTM/nn.GRU and head,
+    the optimizer changing the weights after every chunk: the cut before chunk c regresses on the
+    gradient of L_c + (1-w) gamma <g_{c+1}, h_{c+1}> + w (L_{c+1} + gamma <g_{c+2}, h_{c+2}>), each
+    chunk computed here with the weights it ran with (recorded before its forward)."""
+    from torch.func import functional_call
+    gamma, w, T, n = 0.5, 0.6, 3, 5
+    rnn = _rnn(kind, h=5)
+    head = nn.Linear(5, 2)
+    synth = _random_synth(rnn, discount=gamma, factor=0.7, lookahead=2, lookahead_weight=w)
+    seen, injected = [], []
+    acc, inj = synth.accumulate, synth.synthetic_gradient
+    synth.accumulate = lambda b, t: seen.extend(zip(map(tg.detach, b), map(tg.detach, t))) or acc(b, t)
+    synth.synthetic_gradient = lambda s: injected.append(inj(s)) or injected[-1]
+    opt = torch.optim.SGD(list(rnn.parameters()) + list(head.parameters()), lr=0.2)
+    torch.manual_seed(2)
+    x, y = torch.randn(T * n, 4, 3), torch.randn(T * n, 4, 2)  # (time, batch, features): nn.LSTM's default
+    weights, h = [], None
+    for c in range(n):
+        weights.append([{k: v.detach().clone() for k, v in m.named_parameters()} for m in (rnn, head)])
+        out, hn = rnn(x[c * T:(c + 1) * T], h)
+        loss = (head(out) - y[c * T:(c + 1) * T]).pow(2).mean()
+        h = synth.backward_synthetic(hn, loss, last=c == n - 1, model=rnn, inputs=x[c * T:(c + 1) * T])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if c == 2:
+            synth.step()  # a window ends mid-sequence (a stream goes on): the waiting cut must still complete
+    synth.step()
+    assert len(seen) == n - 1 and len(injected) == n - 1
+
+    def chunk(c, s):
+        wr, wh = weights[c]
+        out, end = functional_call(rnn, wr, (x[c * T:(c + 1) * T], s))
+        return (functional_call(head, wh, (out,)) - y[c * T:(c + 1) * T]).pow(2).mean(), end
+
+    _check_two_step_targets(seen, injected, chunk, n, gamma, w)
+
+
+def test_two_step_targets_need_the_chunk_at_hand():
+    rnn = _rnn("lstm")
+    synth = Synthesizer.for_rnn(rnn, lookahead=2)
+    x = torch.randn(2, 4, 3)
+    out, h = rnn(x)
+    with pytest.raises(ValueError, match=r"lookahead=2\) runs each chunk again.*model=model, inputs=x"):
+        synth.backward_synthetic(h, out.sum())
+    with pytest.raises(ValueError, match="model must be the nn.Module"):
+        synth.backward_synthetic(h, out.sum(), model=lambda a, b: (a, b), inputs=x)
+    with pytest.raises(ValueError, match="lookahead=3"):
+        Synthesizer(size=4, lookahead=3)
+    with pytest.raises(ValueError, match="lookahead_weight"):
+        Synthesizer(size=4, lookahead=2, lookahead_weight=1.5)
