@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The one prepared call on a lent GPU machine (1 GPU + 16 CPU cores), about 6 minutes; never needed
 # for CI. Two things run side by side on disjoint cores (pinned with taskset):
-#   (a) issue 13's 16-core rows: benchmarks/scaling.py for K = 1, 8, 4, 2 (that order; a run cut
-#       by the time limit keeps the rows it finished) on SCALE_CORES;
-#   (b) issue 10's paper-scale run: the copy curriculum, LSTM 256, batch 256, T=5, DNI and TBPTT,
-#       seeds 0-2, each process on one core of GPU_CORES, all six sharing the GPU.
-# Then a 20-batch torchrun run on the GPU (the NCCL path). Results land in $OUT (7 files). Locally, a small dry run of the same script:
+#   (a) issue 13's 16-core rows: benchmarks/scaling.py for K = 1, 8, 4, 2 (that order; CONFIGS picks
+#       the configurations; a run cut by the time limit keeps the rows it finished) on SCALE_CORES;
+#   (b) issue 10's paper-scale run: the copy curriculum, LSTM 256, batch 256, T=5, the one-step
+#       DNI default and two-step targets ({"lookahead": 2}), seeds 0-2, each process on one core
+#       of GPU_CORES, all six sharing the GPU.
+# The scaling runs go on alone once the copy runs end. Results land in $OUT (6 files).
+# Locally, a small dry run of the same script:
 #   OUT=/tmp/dry DEVICE=cpu BUDGET=20 STEPS=4 KS="1 2" HIDDEN=32 BATCH=16 bash benchmarks/device_run.sh
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 DEVICE=${DEVICE:-cuda}; BUDGET=${BUDGET:-270}; STEPS=${STEPS:-200}; KS=${KS:-"1 8 4 2"}
-HIDDEN=${HIDDEN:-256}; BATCH=${BATCH:-256}
+HIDDEN=${HIDDEN:-256}; BATCH=${BATCH:-256}; CONFIGS=${CONFIGS:-"exact overlap dp_same"}
 SCALE_CORES=${SCALE_CORES:-0-9}; GPU_CORES=(${GPU_CORES:-10 11 12 13 14 15})
 PY=$(command -v python3 || command -v python)
 
@@ -39,19 +41,23 @@ if [ "${PART:-all}" = scaling_rest ]; then
   exit 0
 fi
 
-pin "$SCALE_CORES" timeout $((BUDGET + 50)) $PY benchmarks/scaling.py --ks $KS --steps "$STEPS" --out "$OUT" \
-  > "$OUT/scaling_log.txt" 2>&1 &
+pin "$SCALE_CORES" timeout $((BUDGET + 60)) $PY benchmarks/scaling.py --ks $KS --steps "$STEPS" --out "$OUT" \
+  --configs $CONFIGS > "$OUT/scaling_log.txt" 2>&1 &
+scaling=$!
 
+# Copy runs: name, then extra arguments. Default: the one-step default and two-step targets
+# (lookahead 2), seeds 0-2, model lr 1e-3 for both (round 4's setting).
 work=$(mktemp -d); i=0
-for mode in dni tbptt; do
+for name in dni two_step; do
+  extra=(); [ $name = two_step ] && extra=(--synth-kw '{"lookahead": 2}')
   for seed in 0 1 2; do
-    pin "${GPU_CORES[$i]}" timeout $((BUDGET + 40)) $PY examples/copy_task.py --device "$DEVICE" --mode $mode \
-      --truncation 5 --hidden "$HIDDEN" --batch "$BATCH" --seed $seed --budget-s "$BUDGET" --log-every 30 \
-      --json "$work/copy_${mode}_$seed.json" > "$work/copy_${mode}_$seed.log" 2>&1 &
+    pin "${GPU_CORES[$i]}" timeout $((BUDGET + 40)) $PY examples/copy_task.py --device "$DEVICE" --mode dni \
+      "${extra[@]}" --truncation 5 --hidden "$HIDDEN" --batch "$BATCH" --seed $seed --budget-s "$BUDGET" \
+      --log-every 30 --json "$work/copy_${name}_$seed.json" > "$work/copy_${name}_$seed.log" 2>&1 &
     i=$((i + 1))
   done
 done
-wait
+wait $(jobs -p | grep -v "^$scaling\$")
 
 $PY - "$work" "$OUT" <<'EOF'
 import glob, json, os, sys
@@ -62,11 +68,8 @@ with open(os.path.join(out, "copy_log.txt"), "w") as f:
     for p in sorted(glob.glob(os.path.join(work, "copy_*.log"))):
         f.write(f"== {os.path.basename(p)}\n" + open(p).read())
 for r in runs:
-    print(r["mode"], "seed", r["seed"], "N solved", r["max_len_solved"], "batches", r["steps"],
+    print(r["mode"], r["synth_kw"], "seed", r["seed"], "N solved", r["max_len_solved"], "batches", r["steps"],
           "passed_at", r["passed_at"])
 EOF
-# The NCCL path: one rank on the GPU through torchrun (a single GPU allows no second NCCL rank).
-[ "$DEVICE" = cuda ] && pin "${GPU_CORES[0]}" timeout 45 $PY -m torch.distributed.run --standalone --nproc-per-node 1 \
-  -m dni_dist.train --device cuda --hidden 256 --batch 32 --truncation 16 --chunks 8 --steps 20 --no-progress \
-  > "$OUT/nccl_log.txt" 2>&1; tail -n 3 "$OUT/nccl_log.txt" 2>/dev/null
+echo "copy runs done: $(date -u)"; wait $scaling; echo "scaling done: $(date -u)"
 tail -n 14 "$OUT/scaling_log.txt"

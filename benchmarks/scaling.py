@@ -22,6 +22,7 @@ import tempfile
 
 COMMON = ["--hidden", "256", "--truncation", "16", "--chunks", "8", "--no-progress", "--delay", "5"]
 PER_WORKER_BATCH = 32
+CONFIGS = ("ceiling", "exact", "exact_backend", "overlap", "dp_same", "dp_split")
 
 
 def run(name, k, args, extra, batch, copies=1):
@@ -65,6 +66,8 @@ def main():
                    help="run every configuration this many times, round robin (the medians are reported): "
                         "a shared machine's speed drifts by several percent between runs")
     p.add_argument("--mode", default="dni")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="which K>1 configurations to run (the single process always runs first)")
     p.add_argument("--out", default="runs/scaling")
     p.add_argument("--replot", default="", help="only redraw the table and plot of this scaling.json")
     args = p.parse_args()
@@ -75,13 +78,15 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     configs = [("single process", 1, [], PER_WORKER_BATCH, 1)]
     for k in [k for k in args.ks if k > 1]:
-        configs += [(f"{k} independent single processes (ceiling)", 1, [], PER_WORKER_BATCH, k),
-                    ("pipeline exact", k, ["--sync", "exact"], PER_WORKER_BATCH, 1),
-                    ("pipeline exact, backend all-reduce", k, ["--sync", "exact", "--reduce", "backend"],
-                     PER_WORKER_BATCH, 1),
-                    ("pipeline overlap", k, ["--sync", "overlap"], PER_WORKER_BATCH, 1),
-                    ("data-parallel, same per-worker batch", k, ["--parallel", "data"], PER_WORKER_BATCH * k, 1),
-                    ("data-parallel, batch split", k, ["--parallel", "data"], PER_WORKER_BATCH, 1)]
+        every = {"ceiling": (f"{k} independent single processes (ceiling)", 1, [], PER_WORKER_BATCH, k),
+                 "exact": ("pipeline exact", k, ["--sync", "exact"], PER_WORKER_BATCH, 1),
+                 "exact_backend": ("pipeline exact, backend all-reduce", k,
+                                   ["--sync", "exact", "--reduce", "backend"], PER_WORKER_BATCH, 1),
+                 "overlap": ("pipeline overlap", k, ["--sync", "overlap"], PER_WORKER_BATCH, 1),
+                 "dp_same": ("data-parallel, same per-worker batch", k, ["--parallel", "data"],
+                             PER_WORKER_BATCH * k, 1),
+                 "dp_split": ("data-parallel, batch split", k, ["--parallel", "data"], PER_WORKER_BATCH, 1)}
+        configs += [every[c] for c in args.configs]
     runs = []
     for rep in range(args.repeats):
         for name, k, extra, batch, copies in configs:

@@ -100,7 +100,8 @@ def curriculum(args, make_batch, level_name, n_levels_max, score_of, model, opt,
 
 
 def finish(args, result: dict) -> dict:
-    result = {"mode": args.mode, "truncation": args.truncation, "seed": args.seed, **result}
+    result = {"mode": args.mode, "truncation": args.truncation, "seed": args.seed, "lr": args.lr,
+              "synth_kw": json.loads(args.synth_kw), **result}
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
