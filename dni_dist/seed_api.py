@@ -121,9 +121,10 @@ class SeedAPI:
                     bounds.append(w.state)
                     tars.append(self._two_step(w, target) if target is not None and w.call == p.call - 1
                                 else w.one_step)
-                if target is not None and p.rerun is not None:  # something was injected after it: wait
+                if target is not None and p.delta is not None:  # a chunk ran from it, with g after: wait
                     p.one_step, self._waiting = target, p
                     continue
+                p.rerun = None  # its state was dropped (nothing followed): its zero target is final
             if target is not None:
                 bounds.append(p.state)
                 tars.append(target)

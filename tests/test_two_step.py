@@ -69,14 +69,13 @@ def test_two_step_target_is_two_chunks_of_true_gradient(cell, discount, weight):
     _check_two_step_targets(seen, injected, chunk, n, discount, weight)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_with(kind):
-    """The seed API with lookahead=2 in a plain TBPTT loop over a user's nn.LSTM/nn.GRU and head,
-    the optimizer changing the weights after every chunk: the cut before chunk c regresses on the
-    gradient of L_c + (1-w) gamma <g_{c+1}, h_{c+1}> + w (L_{c+1} + gamma <g_{c+2}, h_{c+2}>), each
-    chunk computed here with the weights it ran with (recorded before its forward)."""
+def _users_loop(kind, gamma, w, T, n, step_after=None, drop_after=None):
+    """A plain TBPTT loop over a user's nn.LSTM/nn.GRU and head with the seed API (lookahead=2),
+    SGD changing the weights after every chunk; ``synth.step()`` also after chunk ``step_after``,
+    and the state after chunk ``drop_after`` dropped (the next chunk starts afresh). Returns every
+    regressed (cut, target), the injected gradients, and ``chunk(c, start) -> (loss, end)`` with
+    the weights chunk c ran with (recorded before its forward)."""
     from torch.func import functional_call
-    gamma, w, T, n = 0.5, 0.6, 3, 5
     rnn = _rnn(kind, h=5)
     head = nn.Linear(5, 2)
     synth = _random_synth(rnn, discount=gamma, factor=0.7, lookahead=2, lookahead_weight=w)
@@ -89,6 +88,8 @@ def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_wit
     x, y = torch.randn(T * n, 4, 3), torch.randn(T * n, 4, 2)  # (time, batch, features): nn.LSTM's default
     weights, h = [], None
     for c in range(n):
+        if drop_after is not None and c == drop_after + 1:
+            h = None  # start afresh, as after an epoch, without having said last=True
         weights.append([{k: v.detach().clone() for k, v in m.named_parameters()} for m in (rnn, head)])
         out, hn = rnn(x[c * T:(c + 1) * T], h)
         loss = (head(out) - y[c * T:(c + 1) * T]).pow(2).mean()
@@ -96,17 +97,60 @@ def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_wit
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if c == 2:
-            synth.step()  # a window ends mid-sequence (a stream goes on): the waiting cut must still complete
+        if c == step_after:
+            synth.step()
     synth.step()
-    assert len(seen) == n - 1 and len(injected) == n - 1
 
     def chunk(c, s):
         wr, wh = weights[c]
         out, end = functional_call(rnn, wr, (x[c * T:(c + 1) * T], s))
         return (functional_call(head, wh, (out,)) - y[c * T:(c + 1) * T]).pow(2).mean(), end
 
+    return seen, injected, chunk
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_with(kind):
+    """The seed API with lookahead=2 in a plain TBPTT loop, the optimizer changing the weights
+    after every chunk: the cut before chunk c regresses on the gradient of
+    L_c + (1-w) gamma <g_{c+1}, h_{c+1}> + w (L_{c+1} + gamma <g_{c+2}, h_{c+2}>), each chunk
+    computed with the weights it ran with. A window ends mid-sequence after chunk 2 (a stream goes
+    on): the waiting cut must still complete."""
+    gamma, w, n = 0.5, 0.6, 5
+    seen, injected, chunk = _users_loop(kind, gamma, w, 3, n, step_after=2)
+    assert len(seen) == n - 1 and len(injected) == n - 1
     _check_two_step_targets(seen, injected, chunk, n, gamma, w)
+
+
+def test_two_step_targets_when_a_user_drops_the_state_mid_stream():
+    """A user's loop that starts afresh without ``last=True`` (an epoch wraps; examples/char_lm.py
+    does this): the dropped cut regresses on zero and does not wait, the cut before it completes
+    its two-step target with a zero future, and the chunks after the reset go on as a new
+    sequence. It used to raise a TypeError (the dropped cut waited with no delta)."""
+    gamma, w, n, dropped = 0.5, 0.6, 6, 2  # the state after chunk 2 is dropped
+    seen, injected, chunk = _users_loop("lstm", gamma, w, 3, n, drop_after=dropped)
+    assert len(seen) == n - 1  # the cuts after chunks 0..n-2, in order
+
+    def dot(g, e):
+        return sum((a * b).sum() for a, b in zip(tg.as_tuple(g), tg.as_tuple(e)))
+
+    for k, (cut, target) in enumerate(seen):
+        if k == dropped:
+            assert all(t.abs().max() == 0 for t in tg.as_tuple(target))
+            continue
+        c = k + 1  # the chunk after the cut
+        start = tg.detach_requires_grad(cut)
+        loss, end = chunk(c, start)
+        if c == n - 1:
+            total = loss
+        else:
+            later = 0.0
+            if c != dropped:  # the next cut's one-step target (zero after the dropped state)
+                loss2, end2 = chunk(c + 1, end)
+                later = loss2 if c + 1 == n - 1 else loss2 + gamma * dot(injected[c + 1], end2)
+            total = loss + (1 - w) * gamma * dot(injected[c], end) + w * later
+        for got, want in zip(tg.as_tuple(target), torch.autograd.grad(total, list(tg.as_tuple(start)))):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_two_step_targets_need_the_chunk_at_hand():
