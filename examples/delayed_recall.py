@@ -36,7 +36,7 @@ def main(argv=None):
         curve.append([round(budget.elapsed(), 2), losses[-1]])
         budget.log(f"sequence {len(losses)} loss/step {recent:.3f}")
     return finish(args, {"steps": len(losses), "wall_s": budget.elapsed(), "delay": args.delay,
-                         "synth_kw": args.synth_kw, "synth_lr": args.synth_lr,
+                         "synth_lr": args.synth_lr,
                          "final_loss": sum(losses[-50:]) / len(losses[-50:]), "solved_at": solved_at,
                          "curve": curve[::5]})
 
