@@ -22,7 +22,7 @@ import tempfile
 
 COMMON = ["--hidden", "256", "--truncation", "16", "--chunks", "8", "--no-progress", "--delay", "5"]
 PER_WORKER_BATCH = 32
-CONFIGS = ("ceiling", "exact", "exact_backend", "overlap", "dp_same", "dp_split")
+CONFIGS = ("ceiling", "exact", "exact_backend", "exact_pinned", "overlap", "dp_same", "dp_split")
 
 
 def run(name, k, args, extra, batch, copies=1):
@@ -82,6 +82,8 @@ def main():
                  "exact": ("pipeline exact", k, ["--sync", "exact"], PER_WORKER_BATCH, 1),
                  "exact_backend": ("pipeline exact, backend all-reduce", k,
                                    ["--sync", "exact", "--reduce", "backend"], PER_WORKER_BATCH, 1),
+                 "exact_pinned": ("pipeline exact, pinned to cores", k, ["--sync", "exact", "--pin-cores"],
+                                  PER_WORKER_BATCH, 1),
                  "overlap": ("pipeline overlap", k, ["--sync", "overlap"], PER_WORKER_BATCH, 1),
                  "dp_same": ("data-parallel, same per-worker batch", k, ["--parallel", "data"],
                              PER_WORKER_BATCH * k, 1),

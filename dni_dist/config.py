@@ -29,7 +29,7 @@ CHOICES = {
 RESUMABLE = ("steps", "backend", "device", "timeout_s", "checkpoint_dir", "keep_checkpoints", "resume",
              "metrics_json", "metrics_csv", "reduce", "tensorboard", "ray_address", "progress", "log_every",
              "eval_every", "eval_chars", "save", "max_restarts", "fail_at", "fail_rank", "fail_mode",
-             "divergence_window", "divergence_threshold")
+             "divergence_window", "divergence_threshold", "pin_cores")
 
 
 @dataclass(kw_only=True)
@@ -99,6 +99,10 @@ class Config:
     """how torchrun/Ray workers sum gradients: 'shared-memory' (workers on one host, CPU: each writes
     its buffer to /dev/shm and adds the K buffers in rank order, no TCP copies), 'backend' (gloo's or
     NCCL's all-reduce), 'auto' (shared memory where every worker can use it, else the backend)."""
+    pin_cores: bool = False
+    """torchrun/Ray: pin each worker process (all its threads) to one CPU core, the one its local
+    rank picks from the cores it may use (Linux). On a machine with a core per worker it shortens
+    the wait at each tick's sum (2-core machine: median 1.06x the tokens/s, docs/performance.md)."""
     backend: str = "debug"
     """'debug' (one process simulates K workers), 'torch' (torchrun), 'ray'."""
     timeout_s: float = 120.0

@@ -62,6 +62,9 @@ def resolve(cfg: Config) -> Config:
         cfg = dataclasses.replace(cfg, workers=1)
     if cfg.parallel == "data" and cfg.backend == "debug" and cfg.workers > 1:
         raise ValueError("parallel='data' runs under torchrun or Ray (backend 'torch' or 'ray'), not debug mode")
+    if cfg.pin_cores and cfg.backend == "debug":
+        raise ValueError("--pin-cores pins torchrun or Ray worker processes to cores; debug mode runs every "
+                         "worker in this one process: leave it off, or launch with torchrun or --backend ray")
     return cfg
 
 

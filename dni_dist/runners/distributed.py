@@ -21,6 +21,8 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
         raise ValueError(f"the launcher started {world} processes but --workers is {cfg.workers}: leave "
                          f"--workers out (it defaults to the world size) or make them equal")
     torch.set_num_threads(1)
+    if cfg.pin_cores:
+        pin_to_core(int(os.environ.get("LOCAL_RANK", rank)))
     if rank == 0:
         prepare_paths(cfg)
     t_build = time.perf_counter()
@@ -41,6 +43,21 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
         raise
     m = finish(cfg, worker, reporter, t0, t0 - t_build, start, {"rank": rank, "tick_breakdown_s_by_rank": by_rank})
     return worker.model, m
+
+
+def pin_to_core(local_rank: int) -> int:
+    """Pin every thread of this process (gloo's too: they exist by now) to one core: the
+    ``local_rank``-th of the cores it may use, wrapping around. Returns the core."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("--pin-cores needs os.sched_setaffinity (Linux); leave it off on this system")
+    cores = sorted(os.sched_getaffinity(0))
+    core = cores[local_rank % len(cores)]
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {core})
+        except (ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
+            pass
+    return core
 
 
 def _gather_breakdowns(seconds: dict, world: int) -> list[dict]:
