@@ -176,10 +176,19 @@ def _spawned_rank(rank, world, port, cfg, spec, out_dir):
         model, m = run_rank(cfg, spec or resolve_spec(cfg), rank, world)
     finally:
         dist.destroy_process_group()
-    affinity = [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")] \
-        if hasattr(os, "sched_getaffinity") else []  # every thread's cores, after the run
     torch.save({"losses": m["losses"], "model": model.state_dict(), "skipped": m["skipped_chunks"],
-                "affinity": affinity}, os.path.join(out_dir, f"rank{rank}.pt"))
+                "affinity": _thread_cores() if cfg.pin_cores else []}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _thread_cores() -> list:
+    """The cores every live thread of this process may run on (a thread may end while we look)."""
+    out = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            out.append(sorted(os.sched_getaffinity(int(t))))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return out
 
 
 def run_spawned(cfg, out_dir, spec=None):

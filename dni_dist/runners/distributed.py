@@ -52,11 +52,17 @@ def pin_to_core(local_rank: int) -> int:
         raise RuntimeError("--pin-cores needs os.sched_setaffinity (Linux); leave it off on this system")
     cores = sorted(os.sched_getaffinity(0))
     core = cores[local_rank % len(cores)]
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), {core})
-        except (ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
-            pass
+    for _ in range(3):  # again if an unpinned thread started a new one meanwhile
+        moved = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                if os.sched_getaffinity(int(tid)) != {core}:
+                    os.sched_setaffinity(int(tid), {core})
+                    moved += 1
+            except (ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
+                pass
+        if not moved:
+            break
     return core
 
 
