@@ -92,8 +92,7 @@ class SeedAPI:
         if start is not None and self.discount != 1.0 and self.injection_scale() > 0:
             start.sg_part = tg.synthetic_vjp(hn, start.state, g)  # a zero injection has J^T g == 0: no extra backward
         if start is not None and self.lookahead == 2:
-            weights = {k: v.detach().clone() for k, v in model.named_parameters()}
-            start.rerun = (model, weights, inputs.detach() if torch.is_tensor(inputs) else inputs, g)
+            start.rerun = (model, tg.snapshot(model), inputs.detach() if torch.is_tensor(inputs) else inputs, g)
         if loss is not None:
             loss.add_(tg.surrogate(hn, g))
         else:
@@ -121,10 +120,10 @@ class SeedAPI:
                     bounds.append(w.state)
                     tars.append(self._two_step(w, target) if target is not None and w.call == p.call - 1
                                 else w.one_step)
-                if target is not None and p.delta is not None:  # a chunk ran from it, with g after: wait
+                # a chunk ran from it with g after: wait (a dropped state has no delta: its zero target is final)
+                if target is not None and p.delta is not None:
                     p.one_step, self._waiting = target, p
                     continue
-                p.rerun = None  # its state was dropped (nothing followed): its zero target is final
             if target is not None:
                 bounds.append(p.state)
                 tars.append(target)

@@ -126,6 +126,12 @@ def two_step_target(delta: State, injected: State, next_target: State, vjp, disc
     return like([d + j for d, j in zip(as_tuple(delta), vjp(cot))], delta)
 
 
+def snapshot(model) -> dict:
+    """Detached copies of ``model``'s weights, by name: what :func:`chunk_vjp` runs a chunk with
+    again after the optimizer has moved the live weights."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
 def chunk_vjp(model, params: dict, inputs, start: State, cotangent: Sequence[torch.Tensor]) -> list:
     """``J^T v`` of one chunk: the gradient of ``<v, end>`` at its start state, from running
     ``model(inputs, start) -> (out, end)`` again with ``params`` (the weights the chunk ran with;

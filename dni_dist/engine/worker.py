@@ -200,7 +200,7 @@ class Worker:
         self._graph = chunk_forward(self.model, self.spec.loss, start, x, y, m,
                                     need_delta=s.needs_delta(a) and start is not None)
         if s.waits_for_target(a) and start is not None:  # copied before this tick's step changes them
-            self._rerun = ({k: v.detach().clone() for k, v in self.model.named_parameters()}, x)
+            self._rerun = (tg.snapshot(self.model), x)
         out = []
         if s.sends_state(a):
             out.append(Send(self.position + 1, "state", a.batch, a.chunk, tg.detach(self._graph.end)))
