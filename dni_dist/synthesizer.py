@@ -37,6 +37,7 @@ class SynthStats:
     last_target_energy: float = float("nan")  # mean square of its targets (loss/energy ~1 = predicts nothing)
     skill: float = 0.0              # fraction of recent target variance explained by the injected direction
     gate: float = 0.0               # what the injection is scaled by now (least-squares shrinkage, in [0, 1])
+    correlation: float = 0.0        # of the (centred) prediction with its target on recent targets
     skipped_updates: int = 0        # updates refused because a gradient was not finite
 
 
@@ -82,6 +83,12 @@ class Synthesizer(SeedAPI, nn.Module):
             ``<p, d>``, SE the standard error of its running mean (from a running mean of its square
             per update), so evidence that a prediction helps must stand k standard errors above
             zero before anything is injected. 0 (default) is the plain gate.
+        gate_min_correlation: r0 >= 0. With r0 > 0 the gate is also multiplied by
+            ``clamp(r / r0 - 1, 0, 1)``, r the correlation ``<p, d> / sqrt(<p, p> <d, d>)`` of recent
+            predictions with their targets (r^2 is the fraction of target variance the prediction
+            explains at its best scale): shut below r0, full from 2 r0. 0 (default) is off.
+        gate_warmup: n >= 0 updates of evidence before the gate may open at all (0: off). The
+            running sums start from a handful of targets, whose ratios are noise.
         lookahead: 1 (default) regresses each cut on the one-step bootstrapped target. 2: on two
             chunks of true gradient, ``dL_c/dh + J_c^T [(1 - w) discount g_{c+1} + w target_{c+1}]``
             (``target_{c+1}`` the next cut's one-step target), so credit reaches two cuts back
@@ -99,7 +106,8 @@ class Synthesizer(SeedAPI, nn.Module):
                  use_improvement: bool = True, *, num_layers: int | None = None, discount: float = 0.5,
                  centre: bool = True, clip: float | None = None, normalize: bool = True,
                  scale_decay: float = 0.99, gate: bool = True, gate_decay: float = 0.99,
-                 gate_tolerance: float = 2.0, gate_significance: float = 0.0, lookahead: int = 1,
+                 gate_tolerance: float = 2.0, gate_significance: float = 0.0,
+                 gate_min_correlation: float = 0.0, gate_warmup: int = 0, lookahead: int = 1,
                  lookahead_weight: float = 1.0):
         super().__init__()
 
@@ -125,6 +133,9 @@ class Synthesizer(SeedAPI, nn.Module):
         number("gate_decay", gate_decay, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
         number("gate_tolerance", gate_tolerance, lambda v: v >= 1.0, "a finite number >= 1")
         number("gate_significance", gate_significance, lambda v: v >= 0.0, "a finite number >= 0")
+        number("gate_min_correlation", gate_min_correlation, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+        if isinstance(gate_warmup, bool) or not isinstance(gate_warmup, int) or gate_warmup < 0:
+            raise ValueError(f"Synthesizer(gate_warmup={gate_warmup!r}): expected an int >= 0 (updates)")
         if isinstance(lookahead, bool) or lookahead not in (1, 2):
             raise ValueError(f"Synthesizer(lookahead={lookahead!r}): expected 1 (one-step bootstrap) or 2 "
                              "(two chunks of true gradient per target)")
@@ -150,11 +161,15 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("target_ms", torch.zeros(()))
         # running means of <p, d>, <p, p>, <d, d> per element, in output units (the gate's evidence)
         self.register_buffer("fit", torch.zeros(3))
-        self.gate_significance = float(gate_significance)
+        self.gate_significance, self.gate_min_correlation = float(gate_significance), float(gate_min_correlation)
         self.lookahead, self.lookahead_weight = lookahead, float(lookahead_weight)
         if self.gate_significance > 0:  # running mean of <p, d>^2 per update (only then: old checkpoints load)
             self.register_buffer("fit_sq", torch.zeros(()))
+        self.gate_warmup = gate_warmup
+        if gate_warmup:  # updates of evidence so far (only then, as fit_sq)
+            self.register_buffer("fit_count", torch.zeros(()))
         self._host: list[float] | None = None  # the statistics buffers as floats (see _read)
+        self._count: float | None = None       # fit_count on the host (gate_warmup)
         self.net: nn.Sequential | None = None
         self.optimizer = None
         self.stats = SynthStats()
@@ -251,11 +266,11 @@ class Synthesizer(SeedAPI, nn.Module):
         return self._host
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(), ...: values may be rounded
-        self._host = None
+        self._host = self._count = None
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._host = None
+        self._host = self._count = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _unit(self) -> float:
@@ -273,9 +288,25 @@ class Synthesizer(SeedAPI, nn.Module):
         (``factor`` alone without the gate)."""
         if not self.gate:
             return self.factor
-        _, pd, pp, _ = self._read()[:4]
-        pd = pd - self.gate_significance * self._pd_error()
-        return self.factor * (min(max(self.gate_tolerance * pd / pp, 0.0), 1.0) if pp > 0 else 0.0)
+        _, pd, pp, dd = self._read()[:4]
+        if pp <= 0 or not self._warmed_up():
+            return 0.0
+        gate = min(max(self.gate_tolerance * (pd - self.gate_significance * self._pd_error()) / pp, 0.0), 1.0)
+        if self.gate_min_correlation > 0:
+            gate *= min(max(self._correlation(pd, pp, dd) / self.gate_min_correlation - 1.0, 0.0), 1.0)
+        return self.factor * gate
+
+    def _warmed_up(self) -> bool:
+        """gate_warmup updates of evidence seen (read from the buffer once, then counted on the host)."""
+        if not self.gate_warmup:
+            return True
+        if self._count is None:
+            self._count = float(self.fit_count)
+        return self._count >= self.gate_warmup
+
+    @staticmethod
+    def _correlation(pd: float, pp: float, dd: float) -> float:
+        return pd / math.sqrt(pp * dd) if pp > 0 and dd > 0 else 0.0
 
     def _pd_error(self) -> float:
         """Standard error of the running mean of <p, d>: its per-update spread times the running
@@ -399,6 +430,9 @@ class Synthesizer(SeedAPI, nn.Module):
                         for i, v in enumerate(values):
                             self.fit[i].fill_(v)  # a value, not a host-to-device copy: no wait
                         self._host[1:4] = values
+                        if self.gate_warmup:
+                            self._count = (self._count if self._count is not None else float(self.fit_count)) + 1
+                            self.fit_count.fill_(self._count)
                         if self.gate_significance > 0:
                             sq_pd = self._host[4] * self.gate_decay + (1 - self.gate_decay) * (pd / n) ** 2
                             sq_pd = torch.tensor(sq_pd, dtype=self.fit.dtype).item()
@@ -411,6 +445,7 @@ class Synthesizer(SeedAPI, nn.Module):
     def _report_fit(self) -> None:
         _, pd, pp, dd = self._read()[:4]
         self.stats.skill = (2 * pd - pp) / dd if dd > 0 else 0.0
+        self.stats.correlation = self._correlation(pd, pp, dd)
         self.stats.gate = self.injection_scale() / self.factor if self.factor else 0.0
 
     def apply_update(self) -> None:

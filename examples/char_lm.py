@@ -42,6 +42,8 @@ def main(argv=None):
     p.add_argument("--corpus", default="shakespeare", help="shakespeare, ptb or the path of a UTF-8 text file")
     p.add_argument("--window-chunks", type=int, default=8, help="chunks per update window")
     p.add_argument("--eval-chars", type=int, default=50_000)
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also score validation every this many windows (0: only at the end): valid_curve")
     p.set_defaults(hidden=128)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -52,7 +54,7 @@ def main(argv=None):
     T = args.truncation
     span = T * args.window_chunks if args.mode == "bptt" else T
     window = T * args.window_chunks
-    budget, pos, steps, curve = Budget(args), 0, 0, []
+    budget, pos, steps, curve, valid_curve = Budget(args), 0, 0, [], []
     state = model.initial_state(args.batch, device=args.device)
     ones = torch.ones(args.batch, span, device=args.device)
     while budget.running(steps):
@@ -79,13 +81,16 @@ def main(argv=None):
         pos += window
         steps += 1
         bpc = total / window / math.log(2)
-        curve.append([round(budget.elapsed(), 2), bpc])
+        curve.append([round(budget.elapsed(), 2), bpc] if synth is None else  # the gate, and why (README)
+                     [round(budget.elapsed(), 2), bpc, round(synth.stats.gate, 4), round(synth.stats.correlation, 4)])
         budget.log(f"window {steps} train bpc {bpc:.3f}")
+        if args.eval_every and steps % args.eval_every == 0:  # no_grad, no randomness: the run is unchanged
+            valid_curve.append([steps, evaluate(model, corpus.data["valid"][: args.eval_chars], 8)])
     train_s = budget.elapsed()
     valid = evaluate(model, corpus.data["valid"][: args.eval_chars], 8)
     test = evaluate(model, corpus.data["test"][: args.eval_chars], 8)
     return finish(args, {"steps": steps, "wall_s": train_s, "valid_bpc": valid, "test_bpc": test,
-                         "corpus": args.corpus, "curve": curve[::10]})
+                         "corpus": args.corpus, "curve": curve[::10], "valid_curve": valid_curve})
 
 
 if __name__ == "__main__":

@@ -158,3 +158,21 @@ def test_curriculum_records_when_each_level_was_passed(monkeypatch, tmp_path):
     saved = json.loads(out.read_text())
     assert saved["passed_at"] == r["passed_at"]
     assert saved["lr"] == 0.01 and saved["synth_kw"] == {}  # what the run was, for the device script's summary
+
+
+def test_char_lm_scores_validation_along_the_way_without_changing_the_run(monkeypatch, tmp_path):
+    """--eval-every adds validation scores during training (issue 10: when a gap between DNI and
+    TBPTT forms) and changes nothing else; DNI runs also log the gate and the correlation behind it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    import char_lm
+    text = tmp_path / "text.txt"
+    words = "the quick brown fox jumps over the lazy dog and then the dog sleeps while the fox runs".split()
+    gen = torch.Generator().manual_seed(0)
+    text.write_text(" ".join(words[int(i)] for i in torch.randint(len(words), (6000,), generator=gen)))
+    base = ["--mode", "dni", "--truncation", "3", "--hidden", "16", "--batch", "4", "--max-steps", "6",
+            "--corpus", str(text), "--eval-chars", "2000", "--log-every", "1000", "--device", "cpu"]
+    plain = char_lm.main(base)
+    scored = char_lm.main(base + ["--eval-every", "2"])
+    assert [s for s, _ in scored["valid_curve"]] == [2, 4, 6] and plain["valid_curve"] == []
+    assert scored["valid_curve"][-1][1] == scored["valid_bpc"] == plain["valid_bpc"]
+    assert all(len(row) == 4 for row in scored["curve"])  # time, bpc, gate, correlation

@@ -311,3 +311,42 @@ def test_significance_gate_opens_only_on_evidence_above_its_noise(mean, gate_ope
     assert sig._pd_error() == pytest.approx(0.1 * (0.01 / 1.99) ** 0.5, rel=0.05) and plain._pd_error() == 0.0
     with pytest.raises(ValueError, match="gate_significance"):
         Synthesizer(4, gate_significance=-1.0)
+
+
+@pytest.mark.parametrize("pd,gate", [(0.01, 0.0), (0.03, 0.5), (0.05, 1.0), (-0.05, 0.0)])
+def test_correlation_floor_shuts_the_gate_on_weakly_correlated_predictions(pd, gate):
+    """gate_min_correlation=r0: the plain gate times clamp(r / r0 - 1, 0, 1), r = <p,d>/sqrt(<p,p><d,d>).
+    Here <p,p> = 0.04 and <d,d> = 1, so r = 5 <p,d>; with r0 = 0.1: shut at r = 0.05, half at 0.15,
+    full at 0.25. The plain gate (2 <p,d> / <p,p>, clamped) is 0.5, 1 and 1 for the positive cases."""
+    s = Synthesizer(4, is_lstm=False, num_layers=1, gate_min_correlation=0.1)
+    plain = Synthesizer(4, is_lstm=False, num_layers=1)
+    for x in (s, plain):
+        x.target_ms.fill_(1.0)
+        for _ in range(2000):  # the running means converge to the evidence fed
+            x.finish_update(torch.tensor([1.0, 1.0, pd, 0.04, 1.0], dtype=torch.float64))
+    assert s.stats.correlation == pytest.approx(5 * pd, rel=1e-3)
+    assert s.injection_scale() == pytest.approx(gate * plain.injection_scale(), abs=1e-3)
+    assert s.stats.gate == pytest.approx(s.injection_scale())
+    if pd > 0:
+        assert plain.injection_scale() > 0.4  # the floor, not the plain gate, is what shuts it
+    with pytest.raises(ValueError, match="gate_min_correlation"):
+        Synthesizer(4, gate_min_correlation=1.5)
+
+
+def test_gate_warmup_keeps_the_gate_shut_until_enough_evidence():
+    """gate_warmup=n: nothing is injected before n updates of evidence, however good the first
+    ones look (a ratio of running sums over a handful of targets is noise); the count is
+    checkpointed with the sums."""
+    s = Synthesizer(4, is_lstm=False, num_layers=1, gate_warmup=5)
+    s.target_ms.fill_(1.0)
+    good = torch.tensor([1.0, 1.0, 0.3, 0.4, 1.0], dtype=torch.float64)
+    scales = []
+    for _ in range(6):
+        s.finish_update(good)
+        scales.append(s.injection_scale())
+    assert scales[:4] == [0.0] * 4 and scales[4] == pytest.approx(1.0) and s.stats.gate == pytest.approx(1.0)
+    fresh = Synthesizer(4, is_lstm=False, num_layers=1, gate_warmup=5)
+    fresh.load_state_dict(s.state_dict())
+    assert fresh.injection_scale() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="gate_warmup"):
+        Synthesizer(4, gate_warmup=-1)
