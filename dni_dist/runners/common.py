@@ -119,6 +119,7 @@ class Reporter:
                 if stats is not None:
                     self.tb.add_scalar("synth/skill", stats.skill, i)
                     self.tb.add_scalar("synth/gate", stats.gate, i)
+                    self.tb.add_scalar("synth/correlation", stats.correlation, i)
                     self.tb.add_scalar("synth/target_rms", float(w.synth.target_ms) ** 0.5, i)
             self.rows += 1
         if self.csv is not None:
@@ -186,6 +187,7 @@ def metrics(cfg: Config, worker, wall_s: float, startup_s: float, batches: int, 
            "wall_s": wall_s, "startup_s": startup_s, "batches": batches, "peak_rss_mb": peak_rss_mb(),
            "skipped_chunks": worker.skipped, "stream_resets": worker.stream_resets,
            "synth": None if synth is None else {"updates": synth.updates, "skill": synth.skill, "gate": synth.gate,
+                                                 "correlation": synth.correlation,
                                                  "nonfinite_targets": synth.nonfinite_targets,
                                                  # this worker's boundaries, and those whose discounted
                                                  # target took the extra J^T g pass (0 while the gate is shut)
