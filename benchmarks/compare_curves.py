@@ -13,7 +13,7 @@ import statistics
 
 
 def compare(a: dict, b: dict, burn_in: int = 1000, block: int = 200) -> dict:
-    va, vb = dict((s, v) for s, v in a["valid_curve"]), dict((s, v) for s, v in b["valid_curve"])
+    va, vb = dict(a["valid_curve"]), dict(b["valid_curve"])
     steps = sorted(set(va) & set(vb))
     if not steps:
         raise SystemExit("compare_curves.py: the runs share no validation score (run both with the same --eval-every)")

@@ -297,12 +297,13 @@ class Synthesizer(SeedAPI, nn.Module):
         return self.factor * gate
 
     def _warmed_up(self) -> bool:
-        """gate_warmup updates of evidence seen (read from the buffer once, then counted on the host)."""
-        if not self.gate_warmup:
-            return True
+        return not self.gate_warmup or self._updates_seen() >= self.gate_warmup
+
+    def _updates_seen(self) -> float:
+        """gate_warmup's count of evidence updates (read from the buffer once, then counted on the host)."""
         if self._count is None:
             self._count = float(self.fit_count)
-        return self._count >= self.gate_warmup
+        return self._count
 
     @staticmethod
     def _correlation(pd: float, pp: float, dd: float) -> float:
@@ -431,7 +432,7 @@ class Synthesizer(SeedAPI, nn.Module):
                             self.fit[i].fill_(v)  # a value, not a host-to-device copy: no wait
                         self._host[1:4] = values
                         if self.gate_warmup:
-                            self._count = (self._count if self._count is not None else float(self.fit_count)) + 1
+                            self._count = self._updates_seen() + 1
                             self.fit_count.fill_(self._count)
                         if self.gate_significance > 0:
                             sq_pd = self._host[4] * self.gate_decay + (1 - self.gate_decay) * (pd / n) ** 2

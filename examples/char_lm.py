@@ -81,7 +81,7 @@ def main(argv=None):
         pos += window
         steps += 1
         bpc = total / window / math.log(2)
-        curve.append([round(budget.elapsed(), 2), bpc] if synth is None else  # the gate, and why (README)
+        curve.append([round(budget.elapsed(), 2), bpc] if synth is None else  # gate, correlation (docs/tuning.md)
                      [round(budget.elapsed(), 2), bpc, round(synth.stats.gate, 4), round(synth.stats.correlation, 4)])
         budget.log(f"window {steps} train bpc {bpc:.3f}")
         if args.eval_every and steps % args.eval_every == 0:  # no_grad, no randomness: the run is unchanged

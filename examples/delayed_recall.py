@@ -33,7 +33,7 @@ def main(argv=None):
         recent = sum(losses[-50:]) / len(losses[-50:])
         if solved_at is None and len(losses) >= 50 and recent < 0.05:
             solved_at = len(losses)
-        curve.append([round(budget.elapsed(), 2), losses[-1]] if synth is None else  # the gate, and why (README)
+        curve.append([round(budget.elapsed(), 2), losses[-1]] if synth is None else  # gate, correlation (docs/tuning.md)
                      [round(budget.elapsed(), 2), losses[-1], round(synth.stats.gate, 4), round(synth.stats.correlation, 4)])
         budget.log(f"sequence {len(losses)} loss/step {recent:.3f}")
     return finish(args, {"steps": len(losses), "wall_s": budget.elapsed(), "delay": args.delay,
