@@ -154,6 +154,17 @@ def _shm_pair(rank, port, scenario, q, world=2):
         got = tr.all_reduce_sum(torch.full((n,), value))
         if scenario == "later-sizes":  # same size first, then a smaller, different one within the segment
             got = tr.all_reduce_sum(torch.ones(8 - rank))
+        if scenario in ("late", "dies"):  # worker 1 never joins the second sum: sleeping, or gone
+            if rank == 1:
+                if scenario == "late":
+                    time.sleep(8)
+                os._exit(0)
+            t0 = time.time()
+            try:
+                tr.all_reduce_sum(torch.ones(10))
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                q.put((type(e).__name__, f"{e} after {time.time() - t0:.0f}s"))
+                raise SystemExit from None
         q.put(("ok", got.tolist()))
     except Exception as e:  # noqa: BLE001 - the test inspects it
         q.put((type(e).__name__, str(e)))
@@ -180,14 +191,18 @@ def test_shared_memory_sum_adds_in_rank_order_like_debug_mode():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("scenario", ["ok", "sizes", "later-sizes", "no-shm", "full", "full-auto"])
+@pytest.mark.parametrize("scenario", ["ok", "sizes", "later-sizes", "no-shm", "full", "full-auto", "late", "dies"])
 def test_shared_memory_sum_checks_its_workers(scenario):
     """Both workers get the sum; different buffer sizes, a worker that cannot map /dev/shm, or a
     /dev/shm without room are errors on every worker that say so, never a wrong sum, a hang or a
     SIGBUS; with --reduce auto a full /dev/shm falls back to the backend's all-reduce."""
-    got = _spawn_pair_or_more(_shm_pair, scenario)
+    got = _spawn_pair_or_more(_shm_pair, scenario, answers=1 if scenario in ("late", "dies") else 2)
     kinds = {k for k, _ in got}
-    if scenario in ("ok", "full-auto"):
+    if scenario == "late":  # worker 0 waits its timeout (5 s), then names who never came
+        assert kinds == {"TimeoutError"} and "worker 1 never reached it" in got[0][1], got
+    elif scenario == "dies":  # noticed within a fraction of a second, not after the timeout
+        assert kinds == {"ConnectionError"} and "exited" in got[0][1] and got[0][1].endswith("after 0s"), got
+    elif scenario in ("ok", "full-auto"):
         assert got == [("ok", [3.0] * 10)] * 2
     elif scenario == "sizes":
         assert kinds == {"MessageError"} and all("differ in size" in m for _, m in got), got
@@ -298,3 +313,54 @@ def test_nan_input_is_skipped_counted_and_never_poisons_weights(lookahead, tmp_p
     assert all(torch.isfinite(p).all() for p in model.parameters())
     clean = run_debug(Config(**dict(SMALL, steps=4, workers=2)))
     assert len(m["losses"]) == len(clean["losses"])
+
+
+# ------------------------------------------------------------------ shared-memory mailboxes
+def _ends(tmp, alive=lambda: True, timeout_s=1.0):
+    from dni_dist.transport.mailbox import Mailbox
+    name = os.path.join("/dev/shm", f"dni_dist_test_{os.getpid()}_{tmp.name}")
+    return (Mailbox(name, 3, timeout_s, alive, "worker 1"), Mailbox(name, 3, timeout_s, alive, "worker 0"), name)
+
+
+def test_mailbox_delivers_in_order_grows_and_leaves_nothing_behind(tmp_path):
+    """Messages arrive in order, whole, through ring wrap-around and a move to a larger file when
+    a message outgrows the slots; the receiver's copies do not change when the slot is reused."""
+    from dni_dist.transport.mailbox import SLOTS
+    tx, rx, name = _ends(tmp_path)
+    sizes = [4] * (SLOTS + 2) + [9, 2, 40, 4]  # wraps, then two moves
+    got = []
+    for i, n in enumerate(sizes):
+        tx.post(torch.tensor([i, n, 7]), torch.full((n,), float(i)))
+        h, raw = rx.take()
+        got.append((h.tolist(), raw[:4 * n].view(torch.float32).tolist()))
+    assert got == [([i, n, 7], [float(i)] * n) for i, n in enumerate(sizes)]
+    for i in range(SLOTS):  # a full ring: posts without takes, then all taken in order
+        tx.post(torch.tensor([i, 1, 0]), torch.tensor([float(i)]))
+    firsts = [rx.take() for _ in range(SLOTS)]
+    assert [h[0].item() for h, _ in firsts] == list(range(SLOTS))
+    assert [r[:4].view(torch.float32).item() for _, r in firsts] == [float(i) for i in range(SLOTS)]
+    tx.close()
+    rx.close()
+    leftovers = [f for f in os.listdir("/dev/shm") if f.startswith(os.path.basename(name))]
+    assert leftovers == []
+
+
+def test_mailbox_waits_are_bounded_and_notice_a_dead_peer(tmp_path):
+    from dni_dist.transport.mailbox import SLOTS
+    from dni_dist.transport.shm import PeerGone
+    tx, rx, _ = _ends(tmp_path, timeout_s=0.5)
+    t0 = time.time()
+    with pytest.raises(TimeoutError, match="waited 0.5s for the first message from worker 0"):
+        rx.take()
+    for i in range(SLOTS):
+        tx.post(torch.tensor([i, 1, 0]), torch.ones(1))
+    with pytest.raises(TimeoutError, match="a free slot in the mailbox to worker 1"):
+        tx.post(torch.tensor([9, 1, 0]), torch.ones(1))
+    assert time.time() - t0 < 5
+    tx2, rx2, _ = _ends(tmp_path / "dead", alive=lambda: False, timeout_s=30.0)
+    t0 = time.time()
+    with pytest.raises(PeerGone, match="worker 0 exited while this worker waited"):
+        rx2.take()
+    assert time.time() - t0 < 2
+    for box in (tx, rx, tx2, rx2):
+        box.close()

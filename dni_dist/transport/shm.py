@@ -15,16 +15,48 @@ barrier of sum ``s - 1``, which every peer joins only after it finished reading 
 That argument needs one sum in flight per worker at a time (start, finish, start, ...), which
 :class:`SharedSlots` enforces.
 
-No torch.distributed here: the caller supplies the barrier.
+The barrier of each sum: on x86 (stores seen in program order) each worker publishes, after its
+slot, how many sums it has written and the size of this one in a flag area of the same file, and
+a worker's sum is ready once every flag has passed it (:meth:`SharedSlots.arrived`, polled with
+:func:`poll`: no thread of any other process is involved). Elsewhere the caller's barrier, a
+3-value all-reduce. A peer can be one sum ahead, never two, so each flag keeps the sizes of both sets.
+
+No torch.distributed here: the caller supplies the set-up barrier.
 """
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 import torch
 
 SHM_DIR = "/dev/shm"
+FLAGS = 8  # int64 per worker in a segment's flag area (one 64-byte cache line each)
+
+
+def poll(ready: Callable[[], bool], timeout_s: float, alive: Callable[[], bool], what: str, peer: str) -> None:
+    """Wait until ``ready()``, yielding the core between checks (the peer may need it to make
+    progress); a ``TimeoutError`` after ``timeout_s``, a :class:`PeerGone` as soon as ``alive()``
+    (checked about five times a second) says the peer exited. ``what``/``peer`` name them."""
+    if ready():
+        return
+    start = checked = time.monotonic()
+    nap = 0.0
+    while not ready():
+        now = time.monotonic()
+        if now - start > timeout_s:
+            raise TimeoutError(f"waited {timeout_s:g}s for {what}; {peer} is stopped, hung, or behind")
+        if now - checked > 0.2:
+            checked = now
+            if not alive():
+                raise PeerGone(f"{peer} exited while this worker waited for {what} (its own error names the cause)")
+        time.sleep(nap)
+        nap = min(2e-4, nap + 2e-5)
+
+
+class PeerGone(ConnectionError):
+    """The peer process exited while this worker waited for it."""
 
 
 def available() -> bool:
@@ -63,6 +95,7 @@ class SharedSlots:
     def __init__(self, rank: int, world: int, token: str, barrier: Callable[[torch.Tensor], torch.Tensor]):
         self.rank, self.world, self.token, self.barrier = rank, world, token, barrier
         self._slots: torch.Tensor | None = None  # (2, world, capacity)
+        self._flags: torch.Tensor | None = None  # (world, FLAGS) int64: [sums written, sizes of the two sets]
         self._made = 0                           # segments created so far (names them)
         self._seq = 0                            # sums started so far
         self._in_flight = False
@@ -81,9 +114,23 @@ class SharedSlots:
         if s is None or s.shape[2] < n or s.dtype != flat.dtype:
             self._map(n, flat.dtype)
         self._slots[self._seq % 2, self.rank, :n].copy_(flat)
+        self._flags[self.rank, 1 + self._seq % 2] = n  # a peer may be one sum ahead, never two
+        self._flags[self.rank, 0] = self._seq + 1  # last: this worker's slot is complete
         self._seq += 1
         self._in_flight = True
         return self._seq - 1, n
+
+    def arrived(self, seq: int) -> bool:
+        """Whether every worker has written its buffer for sum ``seq`` (x86 only: see .mailbox)."""
+        return bool((self._flags[:, 0] > seq).all())
+
+    def behind(self, seq: int) -> list[int]:
+        """The workers that have not written sum ``seq`` yet."""
+        return [k for k in range(self.world) if int(self._flags[k, 0]) <= seq]
+
+    def sizes(self, seq: int) -> list[int]:
+        """Each worker's size for sum ``seq`` (after :meth:`arrived`)."""
+        return self._flags[:, 1 + seq % 2].tolist()
 
     def total(self, seq: int, n: int) -> torch.Tensor:
         """The sum of every worker's buffer for sum ``seq``, added in rank order (a new tensor)."""
@@ -103,7 +150,8 @@ class SharedSlots:
         self._made += 1
         path = os.path.join(SHM_DIR, f"dni_dist_{self.token}_{self._made}")
         size = 2 * self.world * n
-        nbytes = size * torch.empty((), dtype=dtype).element_size()
+        flag_bytes = self.world * FLAGS * 8
+        nbytes = flag_bytes + size * torch.empty((), dtype=dtype).element_size()
         ok, why = 0, ""
         if self.rank == 0:
             try:
@@ -127,8 +175,10 @@ class SharedSlots:
         if agreed[2] != 1:
             raise NoSpace(f"{nbytes / 2**20:.1f} MiB for {self.world} workers' gradient buffers (two sets) could "
                           f"not be reserved in {SHM_DIR}{why}")
-        seg = torch.from_file(path, shared=True, size=size, dtype=dtype)
+        seg = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
         self.barrier(torch.zeros(3, dtype=torch.int64))  # everyone mapped it
         if self.rank == 0:
             os.unlink(path)
-        self._slots = seg.view(2, self.world, n)
+        self._flags = seg[:flag_bytes].view(torch.int64).view(self.world, FLAGS)
+        self._flags[self.rank, 0] = self._seq  # sums written so far (segments grow between sums)
+        self._slots = seg[flag_bytes:].view(dtype).view(2, self.world, n)

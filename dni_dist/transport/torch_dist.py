@@ -9,6 +9,10 @@ size raises :class:`MessageError` naming the sender; nothing is truncated. The p
 sentinel the receiver checks, so a short payload is an error, never uninitialised memory. Every
 wait has a timeout and names the peer it waits for.
 
+Workers on one host, on the CPU (x86), send their messages through :mod:`.mailbox`'s shared-memory
+rings instead, with the same header, checks and errors; the point-to-point group then carries
+nothing.
+
 Gradient sums: the backend's all-reduce, or (``reduce="auto"`` when every worker is on this host
 and on the CPU, or ``"shared-memory"``) :mod:`.shm`'s slots with a 3-value all-reduce as the
 barrier, which also checks that every worker summed a buffer of the same size, in the same order.
@@ -24,7 +28,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from . import shm
+from . import mailbox, shm
 from .base import Message, MessageError
 
 KINDS = {"state": 1, "carry": 3, "target": 4}
@@ -60,6 +64,27 @@ def _decode(h: torch.Tensor) -> tuple[Message, int]:
     return Message(kind, v[2], v[3], tuple(shapes), dtype), v[5]
 
 
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still runs (an exited one not yet reaped, a zombie, counts as gone)."""
+    if pid is None:
+        return True
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+        except (OSError, IndexError):  # unreadable: ask the kernel whether the pid exists
+            pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        pass
+    return True
+
+
 class TorchDistTransport:
     """Transport over an initialised default process group."""
 
@@ -79,7 +104,12 @@ class TorchDistTransport:
         except Exception:  # noqa: BLE001 - a private API: without it the message just names no one
             self._store = None
         self.reduce = reduce
+        self._pids: list = []
         self.slots = self._shared_slots(reduce)  # None: the backend's all-reduce
+        # one host, CPU, x86: messages through shared-memory mailboxes too (see .mailbox)
+        self.mail = self.slots is not None and mailbox.supported() and os.environ.get("DNI_DIST_MAILBOX") != "0"
+        self.flag_sums = self.slots is not None and mailbox.supported() and os.environ.get("DNI_DIST_FLAGS") != "0"
+        self._boxes: dict = {}
 
     def _shared_slots(self, reduce: str):
         """Shared-memory slots when ``reduce`` asks for them and every worker can map them."""
@@ -87,10 +117,13 @@ class TorchDistTransport:
             raise ValueError(f"reduce={reduce!r}: expected 'auto', 'shared-memory' or 'backend'")
         if reduce == "backend" or self.world == 1:
             return None
-        me = (socket.gethostname(), shm.available(), self.device.type, uuid.uuid4().hex[:12])
+        me = (socket.gethostname(), shm.available(), self.device.type, uuid.uuid4().hex[:12], os.getpid())
         everyone = [None] * self.world
         dist.all_gather_object(everyone, me)  # all ranks build their transport at the same point
         token = everyone[0][3]
+        self._token, self._pids = token, [e[4] for e in everyone]
+        if not all(_alive(p) for p in self._pids):  # another PID namespace: rely on the timeout alone
+            self._pids = [None] * self.world
         why = ""
         if any(e[2] != "cpu" for e in everyone):
             why = "the gradients are on a GPU (the backend, NCCL, sums them there)"
@@ -147,11 +180,27 @@ class TorchDistTransport:
         return ("; " + ", ".join(f"worker {r}" for r in stuck) + " never reached it (stopped, hung, or much "
                 "slower than the others)")
 
+    def _box(self, src: int, dst: int) -> mailbox.Mailbox:
+        key = (src, dst)
+        if key not in self._boxes:
+            peer = dst if src == self.rank else src
+            pid = self._pids[peer]
+            self._boxes[key] = mailbox.Mailbox(os.path.join(shm.SHM_DIR, f"dni_dist_{self._token}_mail_{src}_{dst}"),
+                                               HEADER, self.timeout.total_seconds(), lambda: _alive(pid),
+                                               f"worker {peer}")
+        return self._boxes[key]
+
     def send(self, dst: int, header: Message, tensors: list) -> None:
         group = self.group
         parts = [t.detach().reshape(-1) for t in tensors]
         payload = torch.cat(parts + [parts[0].new_full((1,), SENTINEL)]).to(self.device)
         h = _encode(header).to(self.device)
+        if self.mail:
+            try:
+                self._box(self.rank, dst).post(h, payload)
+            except (TimeoutError, ConnectionError) as e:
+                raise type(e)(f"worker {self.rank}: {e}") from None
+            return
         for buf in (h, payload):  # the buffer stays referenced until its send completes
             self._pending.append((dist.isend(buf, dst, group=group), buf))
         while len(self._pending) > 16:  # bound the sends in flight
@@ -160,16 +209,27 @@ class TorchDistTransport:
 
     def recv(self, src: int, expected: Message) -> list:
         group = self.group
-        h = torch.empty(HEADER, dtype=torch.int64, device=self.device)
-        self._wait(dist.irecv(h, src, group=group), f"the header of {expected.describe()} from worker {src}", src)
+        raw = None
+        if self.mail:
+            try:
+                h, raw = self._box(src, self.rank).take()
+            except (TimeoutError, ConnectionError) as e:
+                raise type(e)(f"worker {self.rank}: waiting for {expected.describe()}: {e}") from None
+        else:
+            h = torch.empty(HEADER, dtype=torch.int64, device=self.device)
+            self._wait(dist.irecv(h, src, group=group), f"the header of {expected.describe()} from worker {src}", src)
         got, declared = _decode(h.cpu())
         expected.check(got, src)
         sizes = [int(torch.Size(s).numel()) for s in expected.shapes]
         if declared != sum(sizes) + 1:
             raise MessageError(f"from worker {src}: expected {expected.describe()} ({sum(sizes) + 1} values with "
                                f"the end marker), but the header declares {declared} values")
-        payload = torch.full((sum(sizes) + 1,), float("nan"), dtype=expected.dtype, device=self.device)
-        self._wait(dist.irecv(payload, src, group=group), f"{expected.describe()} from worker {src}", src)
+        if raw is not None:
+            nbytes = (sum(sizes) + 1) * torch.empty((), dtype=expected.dtype).element_size()
+            payload = raw[:nbytes].view(expected.dtype)
+        else:
+            payload = torch.full((sum(sizes) + 1,), float("nan"), dtype=expected.dtype, device=self.device)
+            self._wait(dist.irecv(payload, src, group=group), f"{expected.describe()} from worker {src}", src)
         if float(payload[-1]) != SENTINEL:
             raise MessageError(f"from worker {src}: {expected.describe()} arrived short or corrupt (its end marker "
                                "is missing): fewer values were sent than its header declares")
@@ -197,6 +257,8 @@ class TorchDistTransport:
                               RuntimeWarning)
                 self.slots = None
                 return self.start_all_reduce(flat)
+            if self.flag_sums:
+                return "flags", None, None, (seq, n)
             check = torch.tensor([1, n, seq], dtype=torch.int64)  # summed: [K, K n, K seq] when all agree
             return "shared-memory", dist.all_reduce(check, async_op=True), check, (seq, n)
         buf = flat.to(self.device)
@@ -205,6 +267,8 @@ class TorchDistTransport:
     def finish(self, handle) -> torch.Tensor:
         how, work, buf, where = handle
         self._collectives += 1
+        if how == "flags":
+            return self._finish_flags(*where)
         self._wait(work, "the gradient all-reduce (every worker takes part)", None)
         if how == "backend":
             return buf.to(where)
@@ -214,6 +278,25 @@ class TorchDistTransport:
                                f"here; summed over the workers: count, sizes, sequence numbers = {buf.tolist()}): "
                                "every worker must sum buffers of the same size in the same order")
         return self.slots.total(seq, n)
+
+    def _finish_flags(self, seq: int, n: int) -> torch.Tensor:
+        slots, limit = self.slots, self.timeout.total_seconds()
+        alive = lambda: all(_alive(p) for p in self._pids)  # noqa: E731
+        try:
+            shm.poll(lambda: slots.arrived(seq), limit, alive, "the gradient sum (every worker takes part)",
+                     "a peer")
+        except TimeoutError:
+            late = ", ".join(f"worker {k}" for k in slots.behind(seq))
+            raise TimeoutError(f"worker {self.rank}: the gradient sum {seq} did not complete within {limit:g}s: "
+                               f"{late} never reached it (stopped, hung, or much slower than the others)") from None
+        except ConnectionError as e:
+            raise ConnectionError(f"worker {self.rank}: a worker exited during the gradient sum: {e}") from None
+        sizes = slots.sizes(seq)
+        if sizes != [n] * self.world:
+            raise MessageError(f"worker {self.rank}: the workers' gradient sums disagree (sum {seq} of {n} values "
+                               f"here; each worker's size: {sizes}): every worker must sum buffers of the same size "
+                               "in the same order")
+        return slots.total(seq, n)
 
     def _wait(self, work, what: str, peer: int | None) -> None:
         limit = self.timeout.total_seconds()
@@ -237,6 +320,8 @@ class TorchDistTransport:
 
     def close(self) -> None:
         self.slots = None
+        for box in self._boxes.values():
+            box.close()
         pending, self._pending = self._pending, []
         for work, _ in pending:
             self._wait(work, "a send to complete", None)
