@@ -97,8 +97,9 @@ class Config:
     t's all-reduce runs during tick t+1's compute: every update applies a gradient one step stale)."""
     reduce: str = "auto"
     """how torchrun/Ray workers sum gradients: 'shared-memory' (workers on one host, CPU: each writes
-    its buffer to /dev/shm and adds the K buffers in rank order, no TCP copies), 'backend' (gloo's or
-    NCCL's all-reduce), 'auto' (shared memory where every worker can use it, else the backend)."""
+    its buffer to /dev/shm and adds the K buffers in rank order, no TCP copies; on x86 the sums'
+    barrier and the state messages go through /dev/shm too), 'backend' (gloo's or NCCL's all-reduce
+    and messages), 'auto' (shared memory where every worker can use it, else the backend)."""
     pin_cores: bool = False
     """torchrun/Ray: pin each worker process (all its threads) to one CPU core, the one its local
     rank picks from the cores it may use (Linux). On a machine with a core per worker it shortens

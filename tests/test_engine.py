@@ -14,6 +14,7 @@ from dni_dist.checkpoint import latest
 from dni_dist.config import Config
 from dni_dist.engine.schedule import Schedule
 from dni_dist.fit import resolve_spec
+from dni_dist.optim import adam
 from dni_dist.runners import debug
 
 import user_spec
@@ -74,7 +75,7 @@ def test_one_worker_equals_the_seed_api_loop(mode, lookahead, tmp_path):
     spec = resolve_spec(cfg)
     torch.manual_seed(cfg.seed)
     model = spec.model()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = adam(model.parameters(), cfg.lr)  # the engine's (fused and foreach Adam round apart on AVX-512)
     synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, lookahead=lookahead) if mode == "dni" else None
     want = []
     for b in range(cfg.steps):

@@ -198,19 +198,29 @@ def _raw_pair(rank, port, scenario, q):
     from dni_dist.transport.torch_dist import TorchDistTransport, _encode
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=20))
-    tr = TorchDistTransport(timeout_s=5.0)
+    path, scenario = scenario.split("-")
+    tr = TorchDistTransport(timeout_s=5.0, reduce="backend" if path == "gloo" else "shared-memory")
+    assert tr.mail == (path == "mailbox")
     msg = Message("state", 3, 1, ((1, 4, 16),), torch.float32)
     try:
         if rank == 0:
             h = _encode(msg)
             if scenario == "declared":
                 h[5] = 10  # a header that lies about the payload size
-            dist.send(h, 1, group=tr.group)
-            if scenario == "short":
-                dist.send(torch.zeros(10), 1, group=tr.group)  # 10 floats, not 64 + marker
+            short = torch.zeros(10)  # 10 floats, not 64 + marker
+            if path == "gloo":
+                dist.send(h, 1, group=tr.group)
+                if scenario == "short":
+                    dist.send(short, 1, group=tr.group)
+            else:
+                box = tr._box(0, 1)
+                box.post(_encode(msg), torch.full((65,), 8191.0))  # a whole one first: the slots hold its bytes
+                box.post(h, short if scenario == "short" else torch.full((65,), 8191.0))
             time.sleep(4)
         else:
             try:
+                if path == "mailbox":
+                    tr.recv(0, msg)
                 tr.recv(0, msg)
                 q.put(("ok", ""))
             except Exception as e:  # noqa: BLE001 - the test inspects it
@@ -222,12 +232,15 @@ def _raw_pair(rank, port, scenario, q):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", ["gloo", "mailbox"])
 @pytest.mark.parametrize("scenario,match", [("short", "arrived short"), ("declared", "declares 10 values")])
-def test_wrong_sized_payload_is_a_message_error(scenario, match):
+def test_wrong_sized_payload_is_a_message_error(path, scenario, match):
+    """Through gloo or a shared-memory mailbox (whose slot still holds an earlier, whole
+    message's bytes), a short payload or a lying header is an error, never stale data."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_raw_pair, args=(r, port, scenario, q)) for r in range(2)]
+    procs = [ctx.Process(target=_raw_pair, args=(r, port, f"{path}-{scenario}", q)) for r in range(2)]
     for p in procs:
         p.start()
     kind, msg = q.get(timeout=40)

@@ -6,8 +6,8 @@ on every fourth tick at K=2 on 2 cores, although the state was sent a tick earli
 docs/performance.md). A mailbox has no thread: the sender copies the message into a slot of a
 file in ``/dev/shm`` that both map, the receiver copies it out.
 
-One mailbox per direction of a pair of workers: a ring of ``SLOTS`` slots, each a stamp, an int64
-header and a payload of ``capacity`` bytes. The sender writes the header and payload of message
+One mailbox per direction of a pair of workers: a ring of ``SLOTS`` slots, each a stamp, the
+payload's length, an int64 header and room for a payload of ``capacity`` bytes. The sender writes the header and payload of message
 ``w`` into slot ``w % SLOTS`` and then its stamp ``w + 1``; the receiver waits for that stamp,
 copies the message out and then publishes how many it has read, which is what frees a slot. This
 needs stores to become visible in program order (x86's total store order): :func:`supported`
@@ -74,10 +74,11 @@ class Mailbox:
     def _write(self, ctrl, n: int, header: torch.Tensor, raw: torch.Tensor | None) -> None:
         self._wait(lambda: n - int(ctrl[1]) < SLOTS, f"a free slot in the mailbox to {self.what} (it is behind)")
         slot = n % SLOTS
-        base = 2 + slot * (1 + self.header_len)
-        ctrl[base + 1:base + 1 + self.header_len].copy_(header)
+        base = 2 + slot * (2 + self.header_len)
+        ctrl[base + 2:base + 2 + self.header_len].copy_(header)
         if raw is not None:
             self.data[slot, :raw.numel()].copy_(raw)
+        ctrl[base + 1] = 0 if raw is None else raw.numel()
         ctrl[base] = n + 1  # last: the message is complete
 
     def _create(self, capacity: int) -> None:
@@ -97,7 +98,7 @@ class Mailbox:
 
     # -- receiver
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next message: its header and its payload bytes (copies)."""
+        """The next message: its header and its payload bytes, as many as were posted (copies)."""
         while True:
             if self.ctrl is None:
                 path = f"{self.name}_{self.gen + 1}"
@@ -105,15 +106,15 @@ class Mailbox:
                 self._open(path)
             n = self.count
             slot = n % SLOTS
-            base = 2 + slot * (1 + self.header_len)
+            base = 2 + slot * (2 + self.header_len)
             ctrl = self.ctrl
             self._wait(lambda: int(ctrl[base]) == n + 1, f"a message from {self.what}")
-            header = ctrl[base + 1:base + 1 + self.header_len].clone()
+            header = ctrl[base + 2:base + 2 + self.header_len].clone()
             if int(header[0]) == MOVED:
                 ctrl[1] = n + 1
                 self.ctrl = None
                 continue
-            raw = self.data[slot].clone()
+            raw = self.data[slot, :int(ctrl[base + 1])].clone()
             self.count += 1
             ctrl[1] = n + 1  # frees the slot
             return header, raw
@@ -147,5 +148,5 @@ class Mailbox:
 
 
 def _ctrl_bytes(header_len: int) -> int:
-    n = 8 * (2 + SLOTS * (1 + header_len))
+    n = 8 * (2 + SLOTS * (2 + header_len))
     return (n + 63) // 64 * 64

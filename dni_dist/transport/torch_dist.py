@@ -9,13 +9,15 @@ size raises :class:`MessageError` naming the sender; nothing is truncated. The p
 sentinel the receiver checks, so a short payload is an error, never uninitialised memory. Every
 wait has a timeout and names the peer it waits for.
 
-Workers on one host, on the CPU (x86), send their messages through :mod:`.mailbox`'s shared-memory
-rings instead, with the same header, checks and errors; the point-to-point group then carries
-nothing.
+Where the sums go through shared memory (below) on x86, the messages do too, through
+:mod:`.mailbox`'s rings, with the same header, checks and errors (the point-to-point group then
+carries nothing), and each sum's barrier is :mod:`.shm`'s flags instead of an all-reduce: no gloo
+thread takes part in a tick (issue 13; docs/performance.md). ``reduce="backend"`` turns all of it off.
 
 Gradient sums: the backend's all-reduce, or (``reduce="auto"`` when every worker is on this host
-and on the CPU, or ``"shared-memory"``) :mod:`.shm`'s slots with a 3-value all-reduce as the
-barrier, which also checks that every worker summed a buffer of the same size, in the same order.
+and on the CPU, or ``"shared-memory"``) :mod:`.shm`'s slots with a barrier (the flags, or
+elsewhere a 3-value all-reduce) that also checks that every worker summed a buffer of the same
+size, in the same order.
 """
 from __future__ import annotations
 
@@ -106,9 +108,8 @@ class TorchDistTransport:
         self.reduce = reduce
         self._pids: list = []
         self.slots = self._shared_slots(reduce)  # None: the backend's all-reduce
-        # one host, CPU, x86: messages through shared-memory mailboxes too (see .mailbox)
-        self.mail = self.slots is not None and mailbox.supported() and os.environ.get("DNI_DIST_MAILBOX") != "0"
-        self.flag_sums = self.slots is not None and mailbox.supported() and os.environ.get("DNI_DIST_FLAGS") != "0"
+        # sums in shared memory on x86: their barrier (shm's flags) and the messages (.mailbox) too
+        self.mail = self.flag_sums = self.slots is not None and mailbox.supported()
         self._boxes: dict = {}
 
     def _shared_slots(self, reduce: str):
@@ -226,7 +227,10 @@ class TorchDistTransport:
                                f"the end marker), but the header declares {declared} values")
         if raw is not None:
             nbytes = (sum(sizes) + 1) * torch.empty((), dtype=expected.dtype).element_size()
-            payload = raw[:nbytes].view(expected.dtype)
+            if raw.numel() != nbytes:
+                raise MessageError(f"from worker {src}: {expected.describe()} arrived short or corrupt: "
+                                   f"{raw.numel()} bytes where its header declares {nbytes}")
+            payload = raw.view(expected.dtype)
         else:
             payload = torch.full((sum(sizes) + 1,), float("nan"), dtype=expected.dtype, device=self.device)
             self._wait(dist.irecv(payload, src, group=group), f"{expected.describe()} from worker {src}", src)
