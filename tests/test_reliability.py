@@ -201,7 +201,7 @@ def test_shared_memory_sum_checks_its_workers(scenario):
     if scenario == "late":  # worker 0 waits its timeout (5 s), then names who never came
         assert kinds == {"TimeoutError"} and "worker 1 never reached it" in got[0][1], got
     elif scenario == "dies":  # noticed within a fraction of a second, not after the timeout
-        assert kinds == {"ConnectionError"} and "exited" in got[0][1] and got[0][1].endswith("after 0s"), got
+        assert kinds == {"ConnectionError"} and "worker 1 exited" in got[0][1] and got[0][1].endswith("after 0s"), got
     elif scenario in ("ok", "full-auto"):
         assert got == [("ok", [3.0] * 10)] * 2
     elif scenario == "sizes":
@@ -364,3 +364,13 @@ def test_mailbox_waits_are_bounded_and_notice_a_dead_peer(tmp_path):
     assert time.time() - t0 < 2
     for box in (tx, rx, tx2, rx2):
         box.close()
+
+
+def test_mailbox_without_room_in_dev_shm_says_what_to_do(tmp_path, monkeypatch):
+    def full(fd, offset, length):  # as in a container with a small /dev/shm
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    tx, _, name = _ends(tmp_path)
+    with pytest.raises(OSError, match=r"could not be reserved in /dev/shm.*--shm-size.*--reduce backend"):
+        tx.post(torch.tensor([0, 1, 0]), torch.ones(1))
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(os.path.basename(name))] == []

@@ -55,7 +55,7 @@ class Mailbox:
         self.name, self.header_len, self.timeout_s, self.alive, self.what = name, header_len, timeout_s, alive, what
         self.gen = 0         # files used so far
         self.count = 0       # messages posted (sender) or taken (receiver) in this file
-        self.ctrl = None     # int64: [capacity, reads, then per slot: stamp, header...]
+        self.ctrl = None     # int64: [capacity, reads, then per slot: stamp, length, header...]
         self.data = None     # uint8: SLOTS payloads of `capacity` bytes
         self.capacity = 0
         self._made: list[str] = []
@@ -88,6 +88,11 @@ class Mailbox:
         fd = os.open(path + ".tmp", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.posix_fallocate(fd, 0, nbytes)  # a full /dev/shm is an error here, not a SIGBUS later
+        except OSError as e:
+            os.unlink(path + ".tmp")
+            raise OSError(e.errno, f"a message ring to {self.what} ({nbytes / 2**20:.1f} MiB) could not be reserved "
+                          f"in /dev/shm: {e.strerror}; give the host or container more shared memory (docker run "
+                          "--shm-size) or use --reduce backend") from None
         finally:
             os.close(fd)
         self._map(path + ".tmp", nbytes)

@@ -293,8 +293,10 @@ class TorchDistTransport:
             late = ", ".join(f"worker {k}" for k in slots.behind(seq))
             raise TimeoutError(f"worker {self.rank}: the gradient sum {seq} did not complete within {limit:g}s: "
                                f"{late} never reached it (stopped, hung, or much slower than the others)") from None
-        except ConnectionError as e:
-            raise ConnectionError(f"worker {self.rank}: a worker exited during the gradient sum: {e}") from None
+        except ConnectionError:
+            gone = ", ".join(f"worker {k}" for k, p in enumerate(self._pids) if not _alive(p))
+            raise ConnectionError(f"worker {self.rank}: {gone or 'a worker'} exited during gradient sum {seq} (its "
+                                  "own error names the cause)") from None
         sizes = slots.sizes(seq)
         if sizes != [n] * self.world:
             raise MessageError(f"worker {self.rank}: the workers' gradient sums disagree (sum {seq} of {n} values "
