@@ -200,7 +200,7 @@ def _raw_pair(rank, port, scenario, q):
                             timeout=datetime.timedelta(seconds=20))
     path, scenario = scenario.split("-")
     tr = TorchDistTransport(timeout_s=5.0, reduce="backend" if path == "gloo" else "shared-memory")
-    assert tr.mail == (path == "mailbox")
+    assert tr.shm_sync == (path == "mailbox")
     msg = Message("state", 3, 1, ((1, 4, 16),), torch.float32)
     try:
         if rank == 0:

@@ -10,8 +10,8 @@ One mailbox per direction of a pair of workers: a ring of ``SLOTS`` slots, each 
 payload's length, an int64 header and room for a payload of ``capacity`` bytes. The sender writes the header and payload of message
 ``w`` into slot ``w % SLOTS`` and then its stamp ``w + 1``; the receiver waits for that stamp,
 copies the message out and then publishes how many it has read, which is what frees a slot. This
-needs stores to become visible in program order (x86's total store order): :func:`supported`
-says no elsewhere, and the transport then keeps gloo. A message larger than the slots moves the
+needs stores to become visible in program order (x86's total store order):
+:func:`.shm.ordered_stores` says no elsewhere, and the transport then keeps gloo. A message larger than the slots moves the
 ring to a new, larger file (the old ring's next slot says so), so messages stay in order.
 
 The sender creates each file under a temporary name and renames it into place once complete;
@@ -23,7 +23,6 @@ No torch.distributed here.
 from __future__ import annotations
 
 import os
-import platform
 from typing import Callable
 
 import torch
@@ -32,11 +31,6 @@ from .shm import poll
 
 SLOTS = 16  # as many messages in flight per direction as the gloo path allows
 MOVED = -1  # a header's first value: the ring continues in the next file
-
-
-def supported() -> bool:
-    """Whether stores become visible to other processes in program order here (x86-64)."""
-    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 class Mailbox:

@@ -26,6 +26,7 @@ No torch.distributed here: the caller supplies the set-up barrier.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from typing import Callable
 
@@ -35,12 +36,16 @@ SHM_DIR = "/dev/shm"
 FLAGS = 8  # int64 per worker in a segment's flag area (one 64-byte cache line each)
 
 
+def ordered_stores() -> bool:
+    """Whether stores become visible to other processes in program order here (x86-64): what the
+    flag barrier below and :mod:`.mailbox` rely on."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def poll(ready: Callable[[], bool], timeout_s: float, alive: Callable[[], bool], what: str, peer: str) -> None:
     """Wait until ``ready()``, yielding the core between checks (the peer may need it to make
     progress); a ``TimeoutError`` after ``timeout_s``, a :class:`PeerGone` as soon as ``alive()``
     (checked about five times a second) says the peer exited. ``what``/``peer`` name them."""
-    if ready():
-        return
     start = checked = time.monotonic()
     nap = 0.0
     while not ready():
@@ -121,7 +126,7 @@ class SharedSlots:
         return self._seq - 1, n
 
     def arrived(self, seq: int) -> bool:
-        """Whether every worker has written its buffer for sum ``seq`` (x86 only: see .mailbox)."""
+        """Whether every worker has written its buffer for sum ``seq`` (only where :func:`ordered_stores`)."""
         return bool((self._flags[:, 0] > seq).all())
 
     def behind(self, seq: int) -> list[int]:
@@ -179,6 +184,5 @@ class SharedSlots:
         self.barrier(torch.zeros(3, dtype=torch.int64))  # everyone mapped it
         if self.rank == 0:
             os.unlink(path)
-        self._flags = seg[:flag_bytes].view(torch.int64).view(self.world, FLAGS)
-        self._flags[self.rank, 0] = self._seq  # sums written so far (segments grow between sums)
+        self._flags = seg[:flag_bytes].view(torch.int64).view(self.world, FLAGS)  # zeros: nothing written here yet
         self._slots = seg[flag_bytes:].view(dtype).view(2, self.world, n)

@@ -109,7 +109,7 @@ class TorchDistTransport:
         self._pids: list = []
         self.slots = self._shared_slots(reduce)  # None: the backend's all-reduce
         # sums in shared memory on x86: their barrier (shm's flags) and the messages (.mailbox) too
-        self.mail = self.flag_sums = self.slots is not None and mailbox.supported()
+        self.shm_sync = self.slots is not None and shm.ordered_stores()
         self._boxes: dict = {}
 
     def _shared_slots(self, reduce: str):
@@ -196,7 +196,7 @@ class TorchDistTransport:
         parts = [t.detach().reshape(-1) for t in tensors]
         payload = torch.cat(parts + [parts[0].new_full((1,), SENTINEL)]).to(self.device)
         h = _encode(header).to(self.device)
-        if self.mail:
+        if self.shm_sync:
             try:
                 self._box(self.rank, dst).post(h, payload)
             except (TimeoutError, ConnectionError) as e:
@@ -211,7 +211,7 @@ class TorchDistTransport:
     def recv(self, src: int, expected: Message) -> list:
         group = self.group
         raw = None
-        if self.mail:
+        if self.shm_sync:
             try:
                 h, raw = self._box(src, self.rank).take()
             except (TimeoutError, ConnectionError) as e:
@@ -261,7 +261,7 @@ class TorchDistTransport:
                               RuntimeWarning)
                 self.slots = None
                 return self.start_all_reduce(flat)
-            if self.flag_sums:
+            if self.shm_sync:
                 return "flags", None, None, (seq, n)
             check = torch.tensor([1, n, seq], dtype=torch.int64)  # summed: [K, K n, K seq] when all agree
             return "shared-memory", dist.all_reduce(check, async_op=True), check, (seq, n)
