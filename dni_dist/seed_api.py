@@ -98,7 +98,9 @@ class SeedAPI:
         else:
             torch.autograd.backward(list(parts), list(tg.as_tuple(g)), retain_graph=True)
         out = tg.detach_requires_grad(hn)
-        self._pending.append(_Pending(self._calls, out))
+        self._cuts += 1
+        if (self._cuts - 1) % self.train_every == 0:  # train_every > 1: the other cuts are not trained
+            self._pending.append(_Pending(self._calls, out))
         return out
 
     def step(self) -> None:

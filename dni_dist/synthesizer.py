@@ -98,6 +98,11 @@ class Synthesizer(SeedAPI, nn.Module):
             engine does it itself (the next worker sends the next cut's target back).
         lookahead_weight: w above, in [0, 1] (lookahead=2 only); below 1 it mixes in the one-step
             target, the two-step case of a lambda-return.
+        train_every: m >= 1. Train the synthesizer on one cut in m (the first cut and every m-th
+            after it, counted over the run); every cut still gets its synthetic gradient. The
+            others skip the ``J^T g`` pass and the regression, DNI's two costs beyond TBPTT
+            (docs/math.md, "What DNI costs per update"), at the price of m times fewer targets.
+            One-step targets only (``lookahead=1``).
     """
 
     def __init__(self, size: int | None = None, is_lstm: bool | None = None, hidden_layers: int = 0,
@@ -108,7 +113,7 @@ class Synthesizer(SeedAPI, nn.Module):
                  scale_decay: float = 0.99, gate: bool = True, gate_decay: float = 0.99,
                  gate_tolerance: float = 2.0, gate_significance: float = 0.0,
                  gate_min_correlation: float = 0.0, gate_warmup: int = 0, lookahead: int = 1,
-                 lookahead_weight: float = 1.0):
+                 lookahead_weight: float = 1.0, train_every: int = 1):
         super().__init__()
 
         def number(name, value, ok, expected):
@@ -140,6 +145,11 @@ class Synthesizer(SeedAPI, nn.Module):
             raise ValueError(f"Synthesizer(lookahead={lookahead!r}): expected 1 (one-step bootstrap) or 2 "
                              "(two chunks of true gradient per target)")
         number("lookahead_weight", lookahead_weight, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+        if isinstance(train_every, bool) or not isinstance(train_every, int) or train_every < 1:
+            raise ValueError(f"Synthesizer(train_every={train_every!r}): expected an int >= 1 (train on one cut in m)")
+        if train_every > 1 and lookahead == 2:
+            raise ValueError(f"Synthesizer(train_every={train_every}, lookahead=2): a two-step target needs the next "
+                             "cut's one-step target, so every cut must be trained; use train_every=1 with lookahead=2")
         if clip is not None:
             number("clip", clip, lambda v: v > 0.0, "None or a finite number > 0")
         if allow_backwarding:
@@ -163,6 +173,7 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("fit", torch.zeros(3))
         self.gate_significance, self.gate_min_correlation = float(gate_significance), float(gate_min_correlation)
         self.lookahead, self.lookahead_weight = lookahead, float(lookahead_weight)
+        self.train_every = train_every
         if self.gate_significance > 0:  # running mean of <p, d>^2 per update (only then: old checkpoints load)
             self.register_buffer("fit_sq", torch.zeros(()))
         self.gate_warmup = gate_warmup
@@ -175,6 +186,7 @@ class Synthesizer(SeedAPI, nn.Module):
         self.stats = SynthStats()
         self.reset()  # the seed API's bookkeeping (dni_dist.seed_api)
         self._calls = 0
+        self._cuts = 0  # seed API: cuts made so far (train_every picks the trained ones by this count)
         if size is not None and is_lstm is not None and num_layers is not None:
             self._build()
 

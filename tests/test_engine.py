@@ -65,18 +65,20 @@ def test_schedule_rejects_bad_split():
 
 
 # ------------------------------------------------------------------ K=1 equals hand-written loops
-@pytest.mark.parametrize("mode,lookahead", [("dni", 1), ("tbptt", 1), ("dni", 2)])
-def test_one_worker_equals_the_seed_api_loop(mode, lookahead, tmp_path):
+@pytest.mark.parametrize("mode,options", [("dni", {}), ("tbptt", {}), ("dni", {"lookahead": 2}),
+                                          ("dni", {"train_every": 2})])
+def test_one_worker_equals_the_seed_api_loop(mode, options, tmp_path):
     """lookahead=2: the engine completes a cut's two-step target in the next chunk's tick, the
-    seed API when the next cut resolves; the same targets before every injection, the same bits."""
+    seed API when the next cut resolves; the same targets before every injection, the same bits.
+    train_every=2: both train the same cuts (counted over the run, 3 a batch here)."""
     cfg = Config(mode=mode, workers=1, checkpoint_dir=str(tmp_path), checkpoint_every=SMALL["steps"],
-                 synth_options=json.dumps({"lookahead": lookahead}), **SMALL)
+                 synth_options=json.dumps(options), **SMALL)
     got = run_debug(cfg)["losses"]
     spec = resolve_spec(cfg)
     torch.manual_seed(cfg.seed)
     model = spec.model()
     opt = adam(model.parameters(), cfg.lr)  # the engine's (fused and foreach Adam round apart on AVX-512)
-    synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, lookahead=lookahead) if mode == "dni" else None
+    synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, **options) if mode == "dni" else None
     want = []
     for b in range(cfg.steps):
         x, y, m = spec.batch(b)
@@ -101,6 +103,9 @@ def test_one_worker_equals_the_seed_api_loop(mode, lookahead, tmp_path):
         assert torch.equal(state["worker"]["model"][k], v), k
     for k, v in (synth.state_dict() if synth is not None else {}).items():  # it learned on the same targets
         assert torch.equal(state["worker"]["synth"][k], v), k
+    if synth is not None:
+        cuts = cfg.steps * (cfg.chunks - 1)  # 15: with train_every=2 cuts 0, 2, ..., 14 are trained
+        assert synth.stats.targets == -(-cuts // options.get("train_every", 1))
 
 
 @pytest.mark.parametrize("spec_name", ["spec", "stream_spec"])
@@ -156,6 +161,9 @@ def test_metrics_count_the_extra_backward_pass():
     assert default["targets"] == undiscounted["targets"] > 0
     assert 0 < default["jtg_passes"] <= default["targets"]
     assert undiscounted["jtg_passes"] == 0
+    sparse = run_debug(Config(workers=2, synth_options='{"train_every": 3}', **{**SMALL, "steps": 12}))["synth"]
+    assert sparse["targets"] == 12 * (SMALL["chunks"] - 1) // 3  # 36 cuts, one in 3 trained
+    assert 0 < sparse["jtg_passes"] <= sparse["targets"]
 
 
 # ------------------------------------------------------------------ distributed == debug
@@ -210,11 +218,13 @@ def _same_weights(a: dict, b: dict, exact=True):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("mode,sync,reduce", [("dni", "exact", "auto"), ("tbptt", "exact", "auto"),
-                                              ("dni", "overlap", "auto"), ("dni", "exact", "backend")])
-def test_torch_distributed_matches_debug_bitwise(mode, sync, reduce, tmp_path):
-    """K=2: shared-memory sums (auto, on one host) and gloo's all-reduce add two terms, the same bits."""
-    cfg = Config(mode=mode, sync=sync, workers=2, reduce=reduce, **SMALL)
+@pytest.mark.parametrize("mode,sync,reduce,options", [("dni", "exact", "auto", "{}"), ("tbptt", "exact", "auto", "{}"),
+                                                      ("dni", "overlap", "auto", "{}"), ("dni", "exact", "backend", "{}"),
+                                                      ("dni", "exact", "auto", '{"train_every": 2}')])
+def test_torch_distributed_matches_debug_bitwise(mode, sync, reduce, options, tmp_path):
+    """K=2: shared-memory sums (auto, on one host) and gloo's all-reduce add two terms, the same bits
+    (and with train_every=2 both train the same cuts)."""
+    cfg = Config(mode=mode, sync=sync, workers=2, reduce=reduce, synth_options=options, **SMALL)
     model, ref = debug.run(cfg, resolve_spec(cfg))
     got = run_spawned(dataclasses.replace(cfg, backend="torch"), tmp_path)
     assert got[0]["losses"] == got[1]["losses"] == ref["losses"]

@@ -350,3 +350,36 @@ def test_gate_warmup_keeps_the_gate_shut_until_enough_evidence():
     assert fresh.injection_scale() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="gate_warmup"):
         Synthesizer(4, gate_warmup=-1)
+
+
+@pytest.mark.parametrize("every,trained,passes", [(1, 9, 8), (3, 3, 3)])
+def test_train_every_trains_one_cut_in_m_and_injects_at_every_cut(every, trained, passes, monkeypatch):
+    """train_every=m: cuts 0, m, 2m, ... of the run are regressed on (and only their next chunk
+    pays the J^T g pass); every cut still gets its synthetic gradient. 10 chunks, the last one
+    with last=True: 9 cuts."""
+    torch.manual_seed(0)
+    rnn, head = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 1)
+    synth = Synthesizer.for_rnn(rnn, train_every=every)
+    monkeypatch.setattr(Synthesizer, "injection_scale", lambda self: 1.0)  # an open gate: J^T g is needed
+    count = {"vjp": 0, "predict": 0}
+    vjp, predict = tg.synthetic_vjp, Synthesizer.synthetic_gradient
+
+    def counted(name, fn):
+        def wrapped(*a, **k):
+            count[name] += 1
+            return fn(*a, **k)
+        return wrapped
+    monkeypatch.setattr(tg, "synthetic_vjp", counted("vjp", vjp))
+    monkeypatch.setattr(Synthesizer, "synthetic_gradient", counted("predict", predict))
+    x, state = torch.randn(2, 30, 3), None
+    for c in range(10):
+        out, state = rnn(x[:, 3 * c:3 * c + 3], state)
+        loss = head(out).square().mean()
+        state = synth.backward_synthetic(state, loss, last=c == 9)
+        loss.backward()
+    synth.step()
+    assert synth.stats.targets == trained and count["vjp"] == passes and count["predict"] == 9
+    with pytest.raises(ValueError, match="train_every"):
+        Synthesizer(4, train_every=0)
+    with pytest.raises(ValueError, match="train_every=2, lookahead=2"):
+        Synthesizer(4, train_every=2, lookahead=2)

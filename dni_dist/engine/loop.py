@@ -32,7 +32,7 @@ def header(kind: str, batch: int, chunk: int, like) -> Message:
     return Message(kind, batch, chunk, tuple(tuple(t.shape) for t in parts), parts[0].dtype)
 
 
-def segments(cfg, start: int, stream_groups: int, lookahead: int = 1) -> Iterator[Schedule]:
+def segments(cfg, start: int, stream_groups: int, lookahead: int = 1, train_every: int = 1) -> Iterator[Schedule]:
     """Batches ``[start, steps)`` cut at checkpoints. The pipeline drains at each cut so a
     checkpoint holds no message in flight, and a resumed run repeats the same computation."""
     every = cfg.checkpoint_every or cfg.steps
@@ -41,7 +41,7 @@ def segments(cfg, start: int, stream_groups: int, lookahead: int = 1) -> Iterato
         n = min(every - b % every, cfg.steps - b)
         workers = 1 if cfg.parallel == "data" else cfg.workers
         yield Schedule(cfg.chunks, workers, n, first_batch=b, stream_groups=stream_groups,
-                       deltas=cfg.mode == "dni", lookahead=lookahead)
+                       deltas=cfg.mode == "dni", lookahead=lookahead, train_every=train_every)
         b += n
 
 

@@ -66,9 +66,13 @@ class Schedule:
     """whether chunks compute the gradient of their start state (DNI mode)."""
     lookahead: int = 1
     """2: two-step targets, which wait for the next cut's target (``target`` messages)."""
+    train_every: int = 1
+    """``Synthesizer(train_every=m)``: only one cut in m computes its delta and is trained."""
     starts: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        if self.train_every < 1 or (self.train_every > 1 and self.two_step):
+            raise ValueError(f"train_every must be >= 1, and 1 with two-step targets; got {self.train_every}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1; got {self.workers}")
         if self.chunks < self.workers or self.chunks % self.workers:
@@ -139,7 +143,16 @@ class Schedule:
     def needs_delta(self, a: Action) -> bool:
         """The chunk computes the gradient of its start state: the target of the boundary there
         (every chunk but a sequence's first; with streams, that one too when it continues one)."""
-        return self.deltas and (a.chunk > 0 or self.continues(a) is not None)
+        if not (self.deltas and (a.chunk > 0 or self.continues(a) is not None)):
+            return False
+        return self.train_every == 1 or self.cut_number(a) % self.train_every == 0
+
+    def cut_number(self, a: Action) -> int:
+        """The cut at the chunk's start, counted over the run (``train_every`` picks one in m by it):
+        without streams a batch has ``chunks - 1`` cuts, with streams ``chunks``."""
+        if self.stream_groups:
+            return a.batch * self.chunks + a.chunk
+        return a.batch * (self.chunks - 1) + a.chunk - 1
 
     def waits_for_target(self, a: Action) -> bool:
         """Two-step targets: the cut at the chunk's start waits for the next cut's one-step target

@@ -220,8 +220,9 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
     from ..testing.faults import Faults
     faults = Faults.from_config(cfg)
     worker.timers = Timers()
-    lookahead = worker.synth.lookahead if worker.synth is not None else 1
-    for sched in segments(cfg, start, stream_groups(cfg, spec), lookahead):
+    synth = worker.synth
+    for sched in segments(cfg, start, stream_groups(cfg, spec), synth.lookahead if synth else 1,
+                          synth.train_every if synth else 1):
         on_tick = None if reporter is None else (lambda t, s=sched: reporter.update(s.first_batch + s.done_by(t)))
         yield from run_segment(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers)
         if reporter is not None:
