@@ -37,6 +37,8 @@ def run(name, k, args, extra, batch, copies=1):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(k),
                    "-m", "dni_dist.train"]
         full = cmd + COMMON + extra + ["--batch", str(batch), "--steps", str(args.steps), "--mode", args.mode]
+        if args.synth_options:
+            full += ["--synth-options", args.synth_options]
         procs = [subprocess.Popen(full + ["--metrics-json", paths[i]], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True, env=env) for i in range(copies)]
         for p in procs:
@@ -66,6 +68,8 @@ def main():
                    help="run every configuration this many times, round robin (the medians are reported): "
                         "a shared machine's speed drifts by several percent between runs")
     p.add_argument("--mode", default="dni")
+    p.add_argument("--synth-options", default="", help="Synthesizer options as JSON for every run, "
+                   "e.g. '{\"train_every\": 4}'")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                    help="which K>1 configurations to run (the single process always runs first)")
     p.add_argument("--out", default="runs/scaling")

@@ -88,7 +88,10 @@ class Synthesizer(SeedAPI, nn.Module):
             predictions with their targets (r^2 is the fraction of target variance the prediction
             explains at its best scale): shut below r0, full from 2 r0. 0 (default) is off.
         gate_warmup: n >= 0 updates of evidence before the gate may open at all (0: off). The
-            running sums start from a handful of targets, whose ratios are noise.
+            running sums start from a handful of targets, whose ratios are noise, and early in
+            training the bootstrapped target is a poor stand-in for the future gradient. 100 (the
+            gate's memory, 1 / (1 - gate_decay)) is the default since round 12 of docs/results.md:
+            it won a rule fixed in advance on held-out text and delayed recall.
         lookahead: 1 (default) regresses each cut on the one-step bootstrapped target. 2: on two
             chunks of true gradient, ``dL_c/dh + J_c^T [(1 - w) discount g_{c+1} + w target_{c+1}]``
             (``target_{c+1}`` the next cut's one-step target), so credit reaches two cuts back
@@ -112,7 +115,7 @@ class Synthesizer(SeedAPI, nn.Module):
                  centre: bool = True, clip: float | None = None, normalize: bool = True,
                  scale_decay: float = 0.99, gate: bool = True, gate_decay: float = 0.99,
                  gate_tolerance: float = 2.0, gate_significance: float = 0.0,
-                 gate_min_correlation: float = 0.0, gate_warmup: int = 0, lookahead: int = 1,
+                 gate_min_correlation: float = 0.0, gate_warmup: int = 100, lookahead: int = 1,
                  lookahead_weight: float = 1.0, train_every: int = 1):
         super().__init__()
 
@@ -281,9 +284,14 @@ class Synthesizer(SeedAPI, nn.Module):
         self._host = self._count = None
         return super()._apply(fn, *args, **kwargs)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._host = self._count = None
-        super()._load_from_state_dict(*args, **kwargs)
+        if self.gate_warmup and prefix + "fit_count" not in state_dict and prefix + "target_ms" in state_dict:
+            # saved without a warm-up (gate_warmup=0 was the default before round 12): its gate had
+            # opened already, so it resumes warmed up rather than shut for gate_warmup more updates
+            seen = self.gate_warmup if float(state_dict[prefix + "target_ms"]) > 0 else 0
+            state_dict[prefix + "fit_count"] = torch.tensor(float(seen))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _unit(self) -> float:
         """Size of one output unit in gradient units (the running target RMS when normalizing)."""

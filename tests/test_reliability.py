@@ -16,7 +16,7 @@ from dni_dist.config import Config
 
 from dni_dist.fit import resolve_spec
 from dni_dist.runners import debug
-from test_engine import SMALL, _free_port, run_debug, run_spawned
+from test_engine import SMALL, _free_port, run_debug, run_spawned, synth_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,8 +232,11 @@ def test_reduce_shared_memory_on_gpu_is_a_config_error():
 
 
 # ------------------------------------------------------------------ checkpoints and restarts
-def test_debug_resume_is_exact(tmp_path):
-    base = dict(SMALL, steps=6, workers=2, checkpoint_every=3)
+@pytest.mark.parametrize("warmup", [0, 8])
+def test_debug_resume_is_exact(warmup, tmp_path):
+    """warmup=8: the gate's warm-up ends after the checkpoint (6 updates by batch 3), so its
+    count must be saved and restored for the resumed run to open the gate when the whole run does."""
+    base = dict(SMALL, steps=6, workers=2, checkpoint_every=3, synth_options=synth_opts(gate_warmup=warmup))
     whole = run_debug(Config(**base, checkpoint_dir=str(tmp_path / "a")))["losses"]
     run_debug(Config(**{**base, "steps": 3}, checkpoint_dir=str(tmp_path / "b")))
     resumed = run_debug(Config(**base, checkpoint_dir=str(tmp_path / "b"), resume=True))["losses"]
@@ -265,7 +268,8 @@ def test_torchrun_survives_a_killed_worker(tmp_path):
            "--max-restarts", "1", "-m", "dni_dist.train", "--workers", "2", "--chunks", "4", "--steps", "6",
            "--batch", "4", "--hidden", "8", "--truncation", "3", "--delay", "3", "--no-progress",
            "--checkpoint-dir", str(d), "--checkpoint-every", "2", "--fail-at", "3", "--fail-rank", "1",
-           "--fail-mode", "kill", "--timeout-s", "30", "--synth-lr", "0.01", "--metrics-json", str(tmp_path / "m.json")]
+           "--fail-mode", "kill", "--timeout-s", "30", "--synth-lr", "0.01", "--synth-options", SMALL["synth_options"],
+           "--metrics-json", str(tmp_path / "m.json")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (d / "failed-once-rank1").exists()  # the kill happened
@@ -305,8 +309,8 @@ def test_ray_restarts_the_group_after_a_killed_actor(tmp_path):
 def test_nan_input_is_skipped_counted_and_never_poisons_weights(lookahead, tmp_path):
     """lookahead=2: the skipped chunk after a block boundary still answers the previous worker's
     waiting cut (with a NaN target, which keeps its one-step target), so no one waits forever."""
-    cfg = Config(**dict(SMALL, steps=4, workers=2), fail_at=1, fail_rank=0, fail_mode="nan",
-                 synth_options=f'{{"lookahead": {lookahead}}}')
+    cfg = Config(**dict(SMALL, steps=4, workers=2, synth_options=synth_opts(lookahead=lookahead)), fail_at=1,
+                 fail_rank=0, fail_mode="nan")
     model, m = debug.run(cfg, resolve_spec(cfg))
     assert m["skipped_chunks"] == cfg.chunks  # batch 1's chunks: the NaN state travels on, each skipped once
     assert all(v == v for v in m["losses"])  # no NaN step loss

@@ -280,7 +280,7 @@ def test_a_solved_task_gets_no_injected_noise():
 
 def test_statistics_read_on_the_host_follow_loads_and_moves():
     """The gate and scale are read from host copies of the buffers; a load or a cast must refresh them."""
-    a, b = Synthesizer(4, is_lstm=False, num_layers=1), Synthesizer(4, is_lstm=False, num_layers=1)
+    a, b = (Synthesizer(4, is_lstm=False, num_layers=1, gate_warmup=0) for _ in range(2))
     assert a.injection_scale() == 0.0 and not a.scale_ready()  # reads (and caches) the zero buffers
     b.fit.copy_(torch.tensor([0.3, 0.4, 1.0]))
     b.target_ms.fill_(2.0)
@@ -350,6 +350,21 @@ def test_gate_warmup_keeps_the_gate_shut_until_enough_evidence():
     assert fresh.injection_scale() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="gate_warmup"):
         Synthesizer(4, gate_warmup=-1)
+
+
+def test_a_synthesizer_saved_without_a_warmup_loads_warmed_up():
+    """gate_warmup=100 is the default since round 12; a state saved before (no ``fit_count``) with
+    evidence in it resumes with its gate as it was, and an untrained one starts its warm-up."""
+    old = Synthesizer(4, is_lstm=False, num_layers=1, gate_warmup=0)
+    assert "fit_count" not in old.state_dict()
+    new = Synthesizer(4, is_lstm=False, num_layers=1)
+    assert new.gate_warmup == 100
+    new.load_state_dict(old.state_dict())
+    assert float(new.fit_count) == 0 and new.injection_scale() == 0.0
+    old.fit.copy_(torch.tensor([0.3, 0.4, 1.0]))
+    old.target_ms.fill_(2.0)
+    new.load_state_dict(old.state_dict())
+    assert float(new.fit_count) == 100 and new.injection_scale() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("every,trained,passes", [(1, 9, 8), (3, 3, 3)])

@@ -46,9 +46,9 @@ def evaluate(model):
 
 
 spec = dni_dist.Spec(model=build, batch=get_batch, loss=loss_fn, optimizer=sgd, evaluate=evaluate,
-                     synthesizer={"lr": 1e-2})
+                     synthesizer={"lr": 1e-2, "gate_warmup": 0})
 stream_spec = dni_dist.Spec(model=build, batch=get_batch, loss=loss_fn, optimizer=sgd, stream_groups=2,
-                            synthesizer={"lr": 1e-2})
+                            synthesizer={"lr": 1e-2, "gate_warmup": 0})
 
 
 def nan_after_two(index):
