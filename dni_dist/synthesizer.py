@@ -101,6 +101,10 @@ class Synthesizer(SeedAPI, nn.Module):
             engine does it itself (the next worker sends the next cut's target back).
         lookahead_weight: w above, in [0, 1] (lookahead=2 only); below 1 it mixes in the one-step
             target, the two-step case of a lambda-return.
+        orthogonal: inject only the part of the (centred) prediction orthogonal to the state it
+            is injected at, per layer, part and batch row (:func:`dni_dist.targets.orthogonal_to_state`);
+            the synthesizer still regresses on the whole target. Stops the injection from driving the
+            state's norm (an LSTM's cell state blew up in a never-reset stream without it).
         train_every: m >= 1. Train the synthesizer on one cut in m (the first cut and every m-th
             after it, counted over the run); every cut still gets its synthetic gradient. The
             others skip the ``J^T g`` pass and the regression, DNI's two costs beyond TBPTT
@@ -116,7 +120,7 @@ class Synthesizer(SeedAPI, nn.Module):
                  scale_decay: float = 0.99, gate: bool = True, gate_decay: float = 0.99,
                  gate_tolerance: float = 2.0, gate_significance: float = 0.0,
                  gate_min_correlation: float = 0.0, gate_warmup: int = 100, lookahead: int = 1,
-                 lookahead_weight: float = 1.0, train_every: int = 1):
+                 lookahead_weight: float = 1.0, train_every: int = 1, orthogonal: bool = False):
         super().__init__()
 
         def number(name, value, ok, expected):
@@ -177,6 +181,9 @@ class Synthesizer(SeedAPI, nn.Module):
         self.gate_significance, self.gate_min_correlation = float(gate_significance), float(gate_min_correlation)
         self.lookahead, self.lookahead_weight = lookahead, float(lookahead_weight)
         self.train_every = train_every
+        if not isinstance(orthogonal, bool):
+            raise ValueError(f"Synthesizer(orthogonal={orthogonal!r}): expected True or False")
+        self.orthogonal = orthogonal
         if self.gate_significance > 0:  # running mean of <p, d>^2 per update (only then: old checkpoints load)
             self.register_buffer("fit_sq", torch.zeros(()))
         self.gate_warmup = gate_warmup
@@ -344,15 +351,23 @@ class Synthesizer(SeedAPI, nn.Module):
         self.check_state(state)
         self._follow(state)
         scale = self.injection_scale()
-        flat = self._predict(tg.flatten_state(tg.detach(state)))
-        if self.centre:
-            flat = tg.centre_over_batch(flat)
-        flat = flat * scale
+        sflat = tg.flatten_state(tg.detach(state))
+        flat = self._direction(self._predict(sflat), sflat) * scale
         if not bool(torch.isfinite(flat).all()):
             self.stats.nonfinite_predictions += 1
             warnings.warn("dni_dist: the synthesizer predicted NaN/Inf; injecting zeros instead", RuntimeWarning)
             flat = torch.zeros_like(flat)
         return tg.unflatten_state(flat, state)
+
+    @torch.no_grad()
+    def _direction(self, pred: torch.Tensor, sflat: torch.Tensor) -> torch.Tensor:
+        """What of a flat prediction is injected (before the gate's scale): centred over the batch,
+        then (``orthogonal``) without its component along the state."""
+        if self.centre:
+            pred = tg.centre_over_batch(pred)
+        if self.orthogonal:
+            pred = tg.orthogonal_to_state(pred, sflat, self.size)
+        return pred
 
     @torch.no_grad()
     def observe_targets(self, mean_square: float) -> None:
@@ -412,7 +427,7 @@ class Synthesizer(SeedAPI, nn.Module):
                 term = tg.regression_loss(pred, d)
                 loss = term if loss is None else loss + term
                 with torch.no_grad():
-                    p = tg.centre_over_batch(pred) if self.centre else pred
+                    p = self._direction(pred, sflat)
                     sums.append(torch.stack([tflat.pow(2).mean(), (p * d).mean(), p.pow(2).mean(),
                                              d.pow(2).mean()]))
             else:

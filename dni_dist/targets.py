@@ -67,6 +67,22 @@ def centre_over_batch(flat: torch.Tensor) -> torch.Tensor:
     return flat - flat.mean(dim=0, keepdim=True)
 
 
+def orthogonal_to_state(flat: torch.Tensor, state_flat: torch.Tensor, size: int) -> torch.Tensor:
+    """Remove from each ``size``-wide block of ``flat`` (one per layer and part, per batch row; the
+    layout of :func:`flatten_state`) its component along the same block of the state.
+
+    Why (``Synthesizer(orthogonal=True)``): injected along the state itself, a synthetic gradient
+    pushes the state's norm; in a stream that is never reset an LSTM's cell state then grew without
+    bound (|c| ~ 100-1000), saturated, and the model fell to chance and stayed there
+    (examples/seed_cell.py; docs/results.md, round 12). Without that component, the injection does
+    not change the norm of the state it is injected at, to first order.
+    """
+    b = flat.shape[0]
+    g, s = flat.reshape(b, -1, size), state_flat.reshape(b, -1, size)
+    coef = (g * s).sum(-1, keepdim=True) / (s * s).sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+    return (g - coef * s).reshape(b, -1)
+
+
 def surrogate(state_end: State, grad: State) -> torch.Tensor:
     """A scalar whose value is exactly 0 and whose gradient at ``state_end`` is ``grad``.
 

@@ -73,7 +73,7 @@ def test_schedule_rejects_bad_split():
 
 # ------------------------------------------------------------------ K=1 equals hand-written loops
 @pytest.mark.parametrize("mode,options", [("dni", {}), ("tbptt", {}), ("dni", {"lookahead": 2}),
-                                          ("dni", {"train_every": 2})])
+                                          ("dni", {"train_every": 2}), ("dni", {"orthogonal": True})])
 def test_one_worker_equals_the_seed_api_loop(mode, options, tmp_path):
     """lookahead=2: the engine completes a cut's two-step target in the next chunk's tick, the
     seed API when the next cut resolves; the same targets before every injection, the same bits.

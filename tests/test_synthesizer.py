@@ -398,3 +398,30 @@ def test_train_every_trains_one_cut_in_m_and_injects_at_every_cut(every, trained
         Synthesizer(4, train_every=0)
     with pytest.raises(ValueError, match="train_every=2, lookahead=2"):
         Synthesizer(4, train_every=2, lookahead=2)
+
+
+def test_orthogonal_injection_has_no_component_along_the_state():
+    """orthogonal=True: per layer, part (h, c) and batch row the injected gradient is orthogonal
+    to the state it is injected at; a prediction that only points along the state injects nothing,
+    and the gate's evidence is measured on what is injected (so it stays shut)."""
+    torch.manual_seed(0)
+    state = (torch.randn(2, 5, 4), torch.randn(2, 5, 4))  # 2 layers, batch 5, H=4
+    flat = tg.flatten_state(state)
+    for orthogonal in (False, True):
+        s = Synthesizer(4, is_lstm=True, num_layers=2, orthogonal=orthogonal, gate_warmup=0, centre=False)
+        with torch.no_grad():
+            s.net[-1].weight.copy_(torch.randn(16, 16))
+        s.injection_scale = lambda: 1.0
+        g = s.synthetic_gradient(state)
+        dots = torch.stack([(gi * si).sum(-1) for gi, si in zip(g, state)])  # (part, layer, row)
+        assert torch.allclose(dots, torch.zeros_like(dots), atol=1e-5) == orthogonal
+    along = Synthesizer(4, is_lstm=True, num_layers=2, orthogonal=True, gate_warmup=0, centre=False)
+    with torch.no_grad():
+        along.net[-1].weight.copy_(torch.eye(16))  # predicts the state itself
+    along.target_ms.fill_(1.0)
+    target = tg.like([3 * t for t in state], state)  # a target the prediction explains perfectly
+    ev = along.accumulate([state], [target])
+    assert ev[2].abs() < 1e-6 and ev[3].abs() < 1e-6  # <p, d> and <p, p> of the injected direction: 0
+    assert torch.allclose(tg.flatten_state(along.synthetic_gradient(state)), torch.zeros_like(flat), atol=1e-6)
+    with pytest.raises(ValueError, match="orthogonal"):
+        Synthesizer(4, orthogonal=1)
