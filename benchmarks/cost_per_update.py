@@ -59,7 +59,10 @@ def run(mode, hidden, T, chunks, batch=32, synth_kw=None):
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
     synth = Synthesizer(**(synth_kw or {})) if mode == "dni" else None
-    x = corpus.streams("train", batch)[:, :(chunks + 20) * T + 1]
+    # measured after a warm-up: 20 chunks, plus the gate's warm-up (gate_warmup updates, one per
+    # trained cut), during which no J^T g pass is needed and the cost is not the steady state's
+    warm = 20 + (synth.gate_warmup * synth.train_every if synth else 0)
+    x = corpus.streams("train", batch)[:, :(chunks + warm) * T + 1]
     state = (torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden))
     spent = Spent()
     t0 = None
@@ -67,8 +70,8 @@ def run(mode, hidden, T, chunks, batch=32, synth_kw=None):
             spent.patched(tg, "synthetic_vjp", "J^T g (discounted target)"), \
             spent.patched(Synthesizer, "_resolve", "synthesizer update"):
         synth_mod.tg = tg  # the module looks synthetic_vjp up through tg
-        for c in range(chunks + 20):
-            if c == 20:  # warm-up done (the synthesizer's scale is set, allocations made)
+        for c in range(chunks + warm):
+            if c == warm:  # warm-up done (the synthesizer's scale is set and its gate may open)
                 t0, spent.s = time.process_time(), defaultdict(float)
             s = c * T
             out, state = rnn(emb(x[:, s:s + T]), state)
