@@ -157,6 +157,8 @@ class Synthesizer(SeedAPI, nn.Module):
         if train_every > 1 and lookahead == 2:
             raise ValueError(f"Synthesizer(train_every={train_every}, lookahead=2): a two-step target needs the next "
                              "cut's one-step target, so every cut must be trained; use train_every=1 with lookahead=2")
+        if not isinstance(orthogonal, bool):
+            raise ValueError(f"Synthesizer(orthogonal={orthogonal!r}): expected True or False")
         if clip is not None:
             number("clip", clip, lambda v: v > 0.0, "None or a finite number > 0")
         if allow_backwarding:
@@ -180,10 +182,7 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("fit", torch.zeros(3))
         self.gate_significance, self.gate_min_correlation = float(gate_significance), float(gate_min_correlation)
         self.lookahead, self.lookahead_weight = lookahead, float(lookahead_weight)
-        self.train_every = train_every
-        if not isinstance(orthogonal, bool):
-            raise ValueError(f"Synthesizer(orthogonal={orthogonal!r}): expected True or False")
-        self.orthogonal = orthogonal
+        self.train_every, self.orthogonal = train_every, orthogonal
         if self.gate_significance > 0:  # running mean of <p, d>^2 per update (only then: old checkpoints load)
             self.register_buffer("fit_sq", torch.zeros(()))
         self.gate_warmup = gate_warmup

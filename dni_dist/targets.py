@@ -73,7 +73,7 @@ def orthogonal_to_state(flat: torch.Tensor, state_flat: torch.Tensor, size: int)
 
     Why (``Synthesizer(orthogonal=True)``): injected along the state itself, a synthetic gradient
     pushes the state's norm; in a stream that is never reset an LSTM's cell state then grew without
-    bound (|c| ~ 100-1000), saturated, and the model fell to chance and stayed there
+    bound (mean |c| ~ 150-250), saturated, and the model fell to chance and stayed there
     (examples/seed_cell.py; docs/results.md, round 12). Without that component, the injection does
     not change the norm of the state it is injected at, to first order.
     """

@@ -7,14 +7,15 @@ steps back in one endless stream, truncated every TBPTT=4 steps (truncation neve
 target to its input; the same task as seed_lstm.py, without sequence ends).
 
 One option beyond the seed's line (1): ``orthogonal=True``. In a stream that is never reset,
-the default injection also pushed along the state itself, the LSTM's cell state grew without
-bound (mean |c| from 1.4 to ~150) and saturated, and the model fell back to chance and stayed
-there: with the library's defaults DNI ended behind its TBPTT twin on 4 of 6 seeds (seeds 0-5,
-2-core AMD EPYC CPU, 2026-11-29, TBPTT vs DNI: 0.649 vs 0.690, 0.687 vs 0.573, 0.612 vs 0.690,
-0.641 vs 0.662, 0.652 vs 0.515, 0.634 vs 0.693). Injecting only the part orthogonal to the state
-kept |c| near 0.3 in a diagnostic run (docs/results.md, round 12); DNI ahead on all six seeds — 0.511, 0.491,
-0.582 (seeds 0 and 2 were where we found the problem) and 0.485, 0.533, 0.492 on seeds 3-5, held
-out (chance 0.693). Measured over the last 1000 steps of 30,000 (batch 32, under a minute for
+the default injection also pushed along the state itself: the LSTM's cell state grew without
+bound (seed 2, gate_warmup=0: mean |c|, printed every 1000 steps, from 1.4 to 150-250) and
+saturated, and the model fell back to chance and stayed there. With the library's defaults DNI
+ended behind its TBPTT twin on 4 of 6 seeds (seeds 0-5, 2-core AMD EPYC CPU, 2026-11-29, TBPTT
+vs DNI: 0.649 vs 0.690, 0.687 vs 0.573, 0.612 vs 0.690, 0.641 vs 0.662, 0.652 vs 0.515, 0.634
+vs 0.693). Injecting only the part orthogonal to the state kept |c| below 2 on seeds 0 and 2
+(docs/results.md, round 12b), and DNI ahead on all six seeds: 0.511, 0.491, 0.582 (seeds 0 and 2
+were where we found the problem) and 0.485, 0.533, 0.492 on seeds 3-5, held out (chance 0.693).
+Measured over the last 1000 steps of 30,000 (batch 32, under a minute for
 both runs). The release before used DELAY=6, TBPTT=5, batch 16 and 6000 steps: one synthesizer
 update per 5 steps gave it 1200 updates, too few to find the link, so the example runs 7,500
 windows of 32 streams.
@@ -65,7 +66,7 @@ def train(use_dni: bool, steps: int, seed: int, synth_kw: dict | None = None) ->
             counter, losses = 0, 0
         if (t - DELAY + 1) % 1000 == 0:
             print(f"{'dni' if use_dni else 'tbptt':>5}  step {t - DELAY + 1:5d}  loss per step "
-                  f"{sum(running[-1000:]) / 1000:.4f}  (chance 0.693)", flush=True)
+                  f"{sum(running[-1000:]) / 1000:.4f}  (chance 0.693)  mean |c| {hn[1].abs().mean():.2f}", flush=True)
     return sum(running[-1000:]) / 1000
 
 
