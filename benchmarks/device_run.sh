@@ -51,7 +51,7 @@ work=$(mktemp -d); i=0
 for name in dni two_step; do
   extra=(); [ $name = two_step ] && extra=(--synth-kw '{"lookahead": 2}')
   for seed in 0 1 2; do
-    pin "${GPU_CORES[$i]}" timeout $((BUDGET + 40)) $PY examples/copy_task.py --device "$DEVICE" --mode dni \
+    pin "${GPU_CORES[$i]}" timeout $((BUDGET + 40)) $PY benchmarks/grid/copy_task.py --device "$DEVICE" --mode dni \
       "${extra[@]}" --truncation 5 --hidden "$HIDDEN" --batch "$BATCH" --seed $seed --budget-s "$BUDGET" \
       --log-every 30 --json "$work/copy_${name}_$seed.json" > "$work/copy_${name}_$seed.log" 2>&1 &
     i=$((i + 1))

@@ -58,7 +58,7 @@ def table(runs):
 
 
 def level_nr(level: int):
-    """Repeat-copy levels 1, 2, 3, ... -> (N, R) (the same map as examples/repeat_copy.py)."""
+    """Repeat-copy levels 1, 2, 3, ... -> (N, R) (the same map as benchmarks/grid/repeat_copy.py)."""
     return (level + 2) // 2, (level + 1) // 2
 
 

@@ -47,7 +47,7 @@ def main():
             out = os.path.join(args.out, f"{task}_{mode}_T{t}_s{seed}.json")
             if os.path.exists(out):
                 continue
-            cmd = [sys.executable, os.path.join(ROOT, "examples", script), "--mode", mode, "--truncation", str(t),
+            cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "grid", script), "--mode", mode, "--truncation", str(t),
                    "--seed", str(seed), "--json", out, "--log-every", "1000", *extra]
             if args.max_steps:
                 cmd += ["--budget-s", "1e9", "--max-steps", str(args.max_steps)]

@@ -1,7 +1,7 @@
 """Engine throughput: tokens/s and peak memory of one process vs K=2 workers (torchrun, Ray) vs a
 data-parallel baseline, same model (nn.LSTM H=256, B=32, T=16), one thread per process.
 
-    python benchmarks/throughput.py --steps 40 --out docs/throughput.json
+    python benchmarks/throughput.py --steps 40 --out docs/data/throughput.json
 Each configuration runs `python -m dni_dist.train` as a user would, and reads its --metrics-json.
 """
 import argparse
@@ -35,7 +35,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--modes", default="dni,tbptt")
-    p.add_argument("--out", default="docs/throughput.json")
+    p.add_argument("--out", default="docs/data/throughput.json")
     p.add_argument("--skip-ray", action="store_true")
     args = p.parse_args()
     py = [sys.executable, "-m", "dni_dist.train"]

@@ -146,7 +146,7 @@ def test_the_seed_call_sizes_itself_from_the_first_state(cell, layers):
 
 def test_curriculum_records_when_each_level_was_passed(monkeypatch, tmp_path):
     """The benchmark examples' non-saturating score: the batch at which every level was passed."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks" / "grid"))
     import copy_task
     out = tmp_path / "copy.json"
     r = copy_task.main(["--mode", "dni", "--truncation", "3", "--hidden", "32", "--batch", "16", "--max-steps", "400", "--lr", "0.01",
@@ -163,7 +163,7 @@ def test_curriculum_records_when_each_level_was_passed(monkeypatch, tmp_path):
 def test_char_lm_scores_validation_along_the_way_without_changing_the_run(monkeypatch, tmp_path):
     """--eval-every adds validation scores during training (issue 10: when a gap between DNI and
     TBPTT forms) and changes nothing else; DNI runs also log the gate and the correlation behind it."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks" / "grid"))
     import char_lm
     text = tmp_path / "text.txt"
     words = "the quick brown fox jumps over the lazy dog and then the dog sleeps while the fox runs".split()

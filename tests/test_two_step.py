@@ -123,7 +123,7 @@ def test_two_step_targets_in_a_users_own_loop_use_the_weights_each_chunk_ran_wit
 
 
 def test_two_step_targets_when_a_user_drops_the_state_mid_stream():
-    """A user's loop that starts afresh without ``last=True`` (an epoch wraps; examples/char_lm.py
+    """A user's loop that starts afresh without ``last=True`` (an epoch wraps; benchmarks/grid/char_lm.py
     does this): the dropped cut regresses on zero and does not wait, the cut before it completes
     its two-step target with a zero future, and the chunks after the reset go on as a new
     sequence. It used to raise a TypeError (the dropped cut waited with no delta)."""

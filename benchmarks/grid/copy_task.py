@@ -2,7 +2,7 @@
 N random 8-bit vectors, a delimiter, then recall; N grows when the mean error over recent
 batches falls below 0.15 bits per recall step. Score: max_len_solved (the largest N passed).
 
-    python examples/copy_task.py --mode dni --truncation 3 --seed 0 --budget-s 60 --json runs/copy.json
+    python benchmarks/grid/copy_task.py --mode dni --truncation 3 --seed 0 --budget-s 60 --json runs/copy.json
 """
 import torch
 

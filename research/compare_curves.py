@@ -1,11 +1,11 @@
 """Where two char-LM runs part: validation and training bits/char of run B minus run A over training.
 
-Both JSONs come from ``examples/char_lm.py --eval-every N`` (or ``benchmarks/placebo.py``) with the
+Both JSONs come from ``benchmarks/grid/char_lm.py --eval-every N`` (or ``research/placebo.py``) with the
 same corpus, seed and N. Prints B − A at every validation score, its mean/min/max after a burn-in,
 and the training bits/char difference per block of windows (the example keeps every 10th window's
 training score).
 
-    python benchmarks/compare_curves.py runs/valid_curve/ptb_tbptt_s2.json runs/valid_curve/ptb_dni_s2.json
+    python research/compare_curves.py runs/valid_curve/ptb_tbptt_s2.json runs/valid_curve/ptb_dni_s2.json
 """
 import argparse
 import json

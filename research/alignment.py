@@ -5,7 +5,7 @@ Delayed recall (D=5, T=4, 20 chunks, LSTM H=64, B=32), trained through the seed 
 synthetic gradient and the true full-BPTT gradient of all future losses at every boundary
 (raw, and batch-centred as injected), and the norm ratio.
 
-    python benchmarks/alignment.py --seeds 0 1 2 --sequences 1000 --out docs/alignment.json
+    python research/alignment.py --seeds 0 1 2 --sequences 1000 --out docs/data/alignment.json
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sequences", type=int, default=1000)
     p.add_argument("--every", type=int, default=100)
-    p.add_argument("--out", default="docs/alignment.json")
+    p.add_argument("--out", default="docs/data/alignment.json")
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = []

@@ -4,7 +4,7 @@ two-step targets up to a sequence where it is solved, then fork three copies of 
 as is; with plain truncated BPTT (no synthetic gradient); with the synthesizer frozen (lr 0).
 Prints the loss per target step every 25 sequences of each branch, and writes them as JSON.
 
-    python benchmarks/fork_solved.py --seed 0 --fork 1450 --after 300 --json runs/fork_solved.json
+    python research/fork_solved.py --seed 0 --fork 1450 --after 300 --json runs/fork_solved.json
 """
 import argparse
 import copy

@@ -1,6 +1,6 @@
 """Model the engine's throughput for K = 2..64 workers from what benchmarks/throughput.py measured.
 
-    python benchmarks/scaling_model.py docs/throughput.json [--hop-ms 0.2]
+    python research/scaling_model.py docs/data/throughput.json [--hop-ms 0.2]
 Per tick every worker runs one chunk (t_c, from the single-process rate) and the gradients are
 summed by a ring all-reduce, t_ar(K) = 2(K-1)/K * S/beta + 2(K-1) * hop. The K=2 exact run gives
 S/beta (its whole per-tick overhead is charged to it, an upper bound); hop is one gloo message

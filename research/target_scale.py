@@ -2,7 +2,7 @@
 (error / mean square of targets; 1 = no better than predicting zero), with and without
 normalisation. Delayed recall D=5, T=4, LSTM H=64, B=32, through the seed API.
 
-    python benchmarks/target_scale.py --seed 2 --sequences 300
+    python research/target_scale.py --seed 2 --sequences 300
 """
 import argparse
 import statistics

@@ -2,7 +2,7 @@
 it; ``--delay 8``: two cuts back), a fixed number of sequences per run, 3 seeds per variant; each variant changes one
 default of Synthesizer. Writes a JSON per run and a markdown table.
 
-    python benchmarks/ablations.py --out runs/ablations --sequences 1200 --lanes 1
+    python research/ablations.py --out runs/ablations --sequences 1200 --lanes 1
 """
 import argparse
 import glob
@@ -59,7 +59,7 @@ def main():
         for seed in range(args.seed_offset, args.seed_offset + args.seeds):
             out = os.path.join(args.out, f"v{i}_s{seed}.json")
             if not os.path.exists(out):
-                jobs.append([sys.executable, os.path.join(ROOT, "examples", "delayed_recall.py"), "--mode", "dni",
+                jobs.append([sys.executable, os.path.join(ROOT, "benchmarks", "grid", "delayed_recall.py"), "--mode", "dni",
                              "--truncation", "4", "--delay", str(args.delay), "--seed", str(seed), "--budget-s", "100000",
                              "--max-steps", str(args.sequences), "--synth-kw", json.dumps(kw), "--json", out,
                              "--log-every", "100000"])

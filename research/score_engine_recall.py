@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Score the engine's delayed-recall runs (docs/results.md, rounds 8-9) from their --metrics-json:
 
-    python benchmarks/score_engine_recall.py runs/engine_two_step/*.json
+    python research/score_engine_recall.py runs/engine_two_step/*.json
 
 Loss per target step = the per-tick chunk loss x chunks / target steps (a sequence of chunks x T
 steps has chunks x T - D targets: D=8, T=4, 20 chunks gives 20/72), averaged per batch, then a

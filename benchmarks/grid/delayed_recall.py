@@ -3,7 +3,7 @@ inside a chunk depends on an input of the same chunk, so truncated BPTT cannot l
 Score: final_loss (mean BCE per target step over the last 50 batches; chance 0.693) and
 solved_at (sequences until the 50-batch mean fell below 0.05; null if never).
 
-    python examples/delayed_recall.py --mode dni --truncation 4 --delay 5 --seed 0 --budget-s 45
+    python benchmarks/grid/delayed_recall.py --mode dni --truncation 4 --delay 5 --seed 0 --budget-s 45
 """
 import torch
 

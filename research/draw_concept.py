@@ -1,7 +1,7 @@
-"""Draw docs/concept.png: chunks, boundaries, synthesizers, forward states and delayed deltas,
+"""Draw docs/data/concept.png: chunks, boundaries, synthesizers, forward states and delayed deltas,
 for one process (top) and for K=2 pipelined workers (bottom).
 
-    python benchmarks/draw_concept.py
+    python research/draw_concept.py
 """
 import os
 

@@ -1,6 +1,6 @@
 """A placebo for the synthetic gradient: DNI's injection with its direction scrambled.
 
-Runs ``examples/char_lm.py`` (any of its arguments) with ``Synthesizer.synthetic_gradient``
+Runs ``benchmarks/grid/char_lm.py`` (any of its arguments) with ``Synthesizer.synthetic_gradient``
 wrapped so that each injected gradient goes to another stream of the batch (a fixed-seed
 permutation of the batch rows, drawn from a private generator: the model's and data's randomness
 are untouched). The synthesizer, its gate and its targets run as in DNI, so the injection has
@@ -8,7 +8,7 @@ DNI's size and timing but no correlation with the gradient it stands for. What i
 far a perturbation of that size moves a run's final score by itself (issue 10, goal 1's noise
 floor). ``--mode dni`` is required.
 
-    python benchmarks/placebo.py --corpus ptb --seed 2 --mode dni --truncation 5 --max-steps 2800 \
+    python research/placebo.py --corpus ptb --seed 2 --mode dni --truncation 5 --max-steps 2800 \
         --budget-s 100000 --eval-every 100 --json runs/placebo/ptb_s2.json
 """
 import os
@@ -19,7 +19,7 @@ import torch
 from dni_dist import targets as tg
 from dni_dist.synthesizer import Synthesizer
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "grid"))
 import char_lm  # noqa: E402
 
 

@@ -3,7 +3,7 @@ model (nn.LSTM H=256 on one input + readout, 265k parameters), one thread, run a
 the model's Adam step (per-tensor loop vs fused) and the NaN/Inf check of its summed gradient
 (element-wise mask vs one sum).
 
-    python benchmarks/engine_step.py
+    python research/engine_step.py
 """
 import time
 

@@ -1,12 +1,12 @@
 """A char-LM panel as one table: every arm against TBPTT on the same corpus and seed.
 
-Reads ``DIR/{corpus}_{arm}_s{seed}.json`` (``examples/char_lm.py`` or ``benchmarks/placebo.py``
+Reads ``DIR/{corpus}_{arm}_s{seed}.json`` (``benchmarks/grid/char_lm.py`` or ``research/placebo.py``
 runs with ``--eval-every``; the arm ``tbptt`` is the baseline) and prints, per corpus and seed,
 TBPTT's final validation bits/char and each arm's final difference, then each arm's difference
 over the run after the burn-in (mean, min … max, from :mod:`compare_curves`), and per arm the
 mean and worst final difference.
 
-    python benchmarks/panel.py runs/r11
+    python research/panel.py runs/r11
 """
 import argparse
 import collections
