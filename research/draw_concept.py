@@ -13,7 +13,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 from dni_dist.engine.schedule import Schedule  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "concept.png")
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "data", "concept.png")
 
 
 def arrow(ax, a, b, color, style="-", rad=0.0, lw=1.6):
@@ -64,14 +64,14 @@ def workers(ax):
             box(ax, t * 1.5, y, 1.2, 0.7, f"b{a.batch} c{a.chunk}", ["#dbe9f6", "#e3f2d9", "#f9e0ea"][a.batch % 3], 8)
             if s.sends_state(a):
                 arrow(ax, (t * 1.5 + 1.2, y + 0.15), ((t + 1) * 1.5, y - 1.3 + 0.55), "black")
-            if s.sends_delta(a):
-                arrow(ax, (t * 1.5 + 0.3, y + 0.7), (t * 1.5 - 0.3, y + 1.3 + 0.15), "tab:green", style="--")
-    ax.text(-0.1, -0.45, "black: final state sent on at once, before the sender's backward   "
-            "green dashed: delta of the block's first chunk, sent back to train the previous worker's synthesizer\n"
+            if s.needs_delta(a):  # the cut's target is computed where it arrives, not sent back
+                ax.text(t * 1.5 + 0.06, y + 0.06, "δ→S", color="tab:green", fontsize=7, ha="left", va="bottom")
+    ax.text(-0.1, -0.75, "black: final state sent on at once, before the sender's backward\n"
+            "green δ→S: the gradient reaching a chunk's start state trains the (replicated) synthesizer right there; nothing travels back\n"
             "every tick ends with one all-reduce of the gradients (exact), or overlaps it with the next tick (--sync overlap)",
             fontsize=8)
     ax.set_xlim(-1.8, s.ticks * 1.5)
-    ax.set_ylim(-0.7, 2.5)
+    ax.set_ylim(-0.95, 2.5)
     ax.axis("off")
 
 

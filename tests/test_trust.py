@@ -93,12 +93,10 @@ def test_cli_resume_without_checkpoint_is_one_line(tmp_path):
 def test_unwritable_paths_fail_at_start(tmp_path):
     f = tmp_path / "a_file"
     f.write_text("x")
-    t0 = time.time()
     r = _cli(["--checkpoint-dir", str(f), "--checkpoint-every", "2"])
     assert r.returncode == 2 and "is a file, not a directory" in r.stderr
     r = _cli(["--metrics-json", str(tmp_path)])
     assert r.returncode == 2 and "--metrics-json" in r.stderr and "not a writable file path" in r.stderr
-    assert time.time() - t0 < 60
 
 
 # ------------------------------------------------------------------ validation, divergence
