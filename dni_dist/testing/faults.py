@@ -1,7 +1,8 @@
 """Fault injection: make one worker raise, die (SIGKILL), freeze (SIGSTOP) or see NaN inputs at a chosen batch.
 
-Driven by the config's ``fail_at`` / ``fail_rank`` / ``fail_mode`` (``--fail-*`` on the command
-line) so that the reliability tests can reach every launcher. With a checkpoint directory the
+A test hook, not a user option: driven by the config's ``fail_at`` / ``fail_rank`` / ``fail_mode``
+(``--fail-*`` on the command line, hidden from ``--help``) so that the reliability tests can reach
+every launcher (torchrun processes and Ray actors receive the config). With a checkpoint directory the
 fault happens once: a marker file records it, so a restarted group runs through.
 """
 from __future__ import annotations
