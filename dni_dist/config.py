@@ -52,15 +52,19 @@ def unknown_key(where: str, key: str, valid) -> ConfigError:
                        + ", ".join(sorted(valid)))
 
 
-_SIZED_BY_THE_ENGINE = {"size", "is_lstm", "num_layers", "optimizer", "activation"}
+_NOT_OPTIONS = {"self", "size", "is_lstm", "num_layers", "optimizer", "activation", "options"}
+"""What the engine decides (the sizes), and what is no plain value (classes, an options object)."""
 
 
 def synth_option_names() -> tuple:
-    """The Synthesizer options a spec or ``--synth-options`` may set (the engine sizes it)."""
-    from .synthesizer import Synthesizer
-    params = inspect.signature(Synthesizer.__init__).parameters
-    return tuple(n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD
-                 and n not in _SIZED_BY_THE_ENGINE)
+    """The Synthesizer options a spec or ``--synth-options`` may set: its keyword parameters and
+    its research options (``synthesizer.OPTION_NAMES`` where it has them), less what the engine
+    decides itself."""
+    from . import synthesizer
+    params = inspect.signature(synthesizer.Synthesizer.__init__).parameters
+    names = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    names += getattr(synthesizer, "OPTION_NAMES", ())
+    return tuple(dict.fromkeys(n for n in names if n not in _NOT_OPTIONS))
 
 
 def check_synth_options(opts, where: str) -> dict:
