@@ -116,26 +116,34 @@ def read(p: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, dic
 
 
 def build(p: argparse.ArgumentParser, values: dict, sources: dict, spec=None, notes: list | None = None) -> Config:
-    """The validated Config of ``values`` with the spec's own settings filled in (a user spec:
-    ``spec``; None for a built-in task). A bad value or a contradiction exits with one line
-    naming the option and, for a file's value, the file. ``notes`` collects the one-line warnings
-    (options the spec ignores or overrides)."""
+    """The validated, resolved Config of ``values``: the spec's own settings filled in (a user
+    spec: ``spec``; None for a built-in task), then what the launcher decides (:func:`dni_dist.fit.resolve`).
+    A bad value or a contradiction exits with one line naming the option and, for a file's value,
+    the file. ``notes`` collects the one-line warnings (options the spec ignores or overrides)."""
+    from .fit import resolve, spec_settings
     try:
         if spec is not None:
-            from .fit import spec_settings
             values, found = spec_settings(spec, values)
             if notes is not None:
                 notes.extend(found)
-        return Config(**values)
+        return resolve(Config(**values))
     except ConfigError as e:
-        named = [o for o in e.options if o in FIELDS]
-        message = str(e)
-        if named and message.startswith(named[0] + ":"):  # "synth_options: unknown key ..."
-            message = message[len(named[0]) + 2:]
-        from_file = [o for o in named if sources.get(o, "").startswith("--config")]
-        typed = [flag(o) for o in named if sources.get(o) == "the command line"]
-        if from_file:
-            where = f"{sources[from_file[0]]}: key {from_file[0]}"
-        else:
-            where = ", ".join(typed) or (flag(named[0]) if named else "")
-        p.error(f"{where}: {message}" if where else message)
+        p.error(explain(e, sources))
+
+
+def explain(e: ConfigError, sources: dict) -> str:
+    """``e`` as one line that names where the bad value came from: the flag typed, or the
+    ``--config`` file and its key."""
+    named = [o for o in e.options if o in FIELDS]
+    message = str(e)
+    if named and message.startswith(named[0] + ":"):  # "synth_options: unknown key ..."
+        message = message[len(named[0]) + 2:]
+    from_file = [o for o in named if sources.get(o, "").startswith("--config")]
+    typed = [flag(o) for o in named if sources.get(o) == "the command line"]
+    if from_file:
+        where = f"{sources[from_file[0]]}: key {from_file[0]}"
+    else:
+        where = ", ".join(typed) or (flag(named[0]) if named else "")
+    if not where or message.startswith(where):  # "--backend torch must be launched by torchrun ..."
+        return message
+    return f"{where}: {message}"

@@ -19,7 +19,7 @@ from .checkpoint import CheckpointError
 from .cli import build, parser, read
 from .config import Config, ConfigError, defaults
 from .engine.worker import DivergenceError
-from .fit import resolve, resolve_spec, run, under_torchrun
+from .fit import resolve_spec, run, under_torchrun
 from .runners.common import write_metrics
 from .spec import load_spec
 
@@ -56,8 +56,7 @@ def main(argv=None, spec=None) -> int:
         elif spec is not None and not spec.name:
             spec.name = getattr(spec.model, "__qualname__", "spec")
         notes: list[str] = []
-        cfg = build(p, values, sources, spec, notes)
-        cfg = resolve(cfg)
+        cfg = build(p, values, sources, spec, notes)  # resolved: what the launcher decides is in it
         if rank0:
             for note in notes:
                 print(f"dni_dist: warning: {note}", file=sys.stderr, flush=True)

@@ -120,6 +120,15 @@ def test_toml_values_are_type_checked_and_the_file_named(tmp_path, capsys, line,
     assert f"--config {path}: key {key}: {key}=" in err and "Traceback" not in err
 
 
+def test_an_option_the_launcher_contradicts_names_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    path = tmp_path / "run.toml"
+    path.write_text("workers = 4\n")
+    code, err = _main(["--config", str(path)], capsys)
+    assert code == 2 and f"--config {path}: key workers: torchrun started 2 processes" in err
+
+
 def test_toml_syntax_errors_and_unknown_keys_name_the_file(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("steps = 3\nworkers 2\n")
@@ -152,7 +161,7 @@ def test_torch_backend_outside_torchrun_is_a_config_error(capsys, monkeypatch):
     with pytest.raises(ConfigError, match="must be launched by torchrun"):
         resolve(Config(backend="torch"))
     code, err = _main(["--backend", "torch"], capsys)
-    assert code == 2 and "dni_dist: error: --backend torch must be launched by torchrun" in err
+    assert code == 2 and "error: --backend torch must be launched by torchrun" in err
 
 
 # ------------------------------------------------------------------ issue 30 goal 3: a Spec's own settings
