@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TASK, Config, ConfigError, defaults
+from .config import TASK, Config, ConfigError, defaults, unknown_key
 from .spec import Spec, load_spec
 
 
@@ -150,6 +150,9 @@ def fit(spec: Spec, config: Config | None = None, **options) -> Result:
     if not spec.name:
         spec.name = (config.spec if config else options.get("spec")) or getattr(spec.model, "__qualname__", "spec")
     unset = defaults()
+    for key in options:
+        if key not in unset:
+            raise unknown_key("fit(spec, ...)", key, unset)
     values = {k: v for k, v in (config.to_dict() if config else {}).items() if v != unset[k]}
     values, notes = spec_settings(spec, {**values, **options})
     cfg = Config(**values)

@@ -115,7 +115,8 @@ def test_a_misspelled_synth_option_on_the_command_line_is_one_line(capsys):
 def test_toml_values_are_type_checked_and_the_file_named(tmp_path, capsys, line, key):
     path = tmp_path / "run.toml"
     path.write_text(f'checkpoint_dir = "{tmp_path}"\n{line}\n')
-    code, err = _main(["--config", str(path)], capsys)
+    small = ["--chunks", "2", "--truncation", "2", "--delay", "1", "--batch", "2", "--hidden", "4"]
+    code, err = _main(["--config", str(path), *small, *([] if key == "steps" else ["--steps", "1"])], capsys)
     assert code == 2, err
     assert f"--config {path}: key {key}: {key}=" in err and "Traceback" not in err
 
@@ -183,6 +184,8 @@ def test_a_spec_refuses_a_contradicting_shape_and_bad_defaults():
         dni_dist.fit(tiny_spec(), truncation=5, chunks=4)
     with pytest.raises(ConfigError, match="--chunks must divide 12"):
         dni_dist.fit(tiny_spec(), chunks=5)
+    with pytest.raises(ConfigError, match=r"fit\(spec, ...\): unknown key 'wokers' \(did you mean 'workers'\?\)"):
+        dni_dist.fit(tiny_spec(), wokers=2)
     with pytest.raises(ConfigError, match=r"unknown key 'stpes' \(did you mean 'steps'\?\)"):
         dni_dist.Spec(model=Tiny, batch=tiny_batch, loss=mse, defaults={"stpes": 3})
     with pytest.raises(ValueError, match=r"Spec\(truncation=0\)"):
