@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 
-from .config import GROUPS, Config, ConfigError, did_you_mean, unknown_key
+from .config import GROUPS, Config, ConfigError, did_you_mean, synth_option_names, unknown_key
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
         meta = f.metadata
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         text = argparse.SUPPRESS if meta["hidden"] else f"{meta['help']} (default: {default!r})"
+        if name == "synth_options":
+            text += f" Keys: {', '.join(synth_option_names())}."
         where = groups.get(meta["group"], p)
         kind = str(f.type)
         if kind == "bool":
