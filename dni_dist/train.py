@@ -16,10 +16,12 @@ import os
 import sys
 
 from .checkpoint import CheckpointError
-from .config import Config, parse, parser
+from .cli import build, parser, read
+from .config import Config, ConfigError, defaults
 from .engine.worker import DivergenceError
-from .fit import fit, resolve, resolve_spec, under_torchrun
+from .fit import resolve_spec, run, under_torchrun
 from .runners.common import write_metrics
+from .spec import load_spec
 
 
 def summary(m: dict, cfg: Config) -> str:
@@ -40,22 +42,33 @@ def chance_per_chunk(cfg: Config, spec) -> str:
     return f", chance {steps * bits * math.log(2):.2f}"
 
 
-def main(argv=None) -> int:
+def main(argv=None, spec=None) -> int:
+    """The command line; ``spec``: a Spec object to train instead of ``--spec``/``--task`` (a
+    script that defines its spec: examples/own_model.py)."""
     p = parser()
-    p.add_argument("--compare", action="store_true",
+    p.add_argument("--compare", action="store_true", default=False,
                    help="debug mode: train TBPTT and DNI with the same seed and data, then print a table")
-    ns, cfg = parse(p, argv)
+    ns, values, sources = read(p, argv)
+    rank0 = not under_torchrun() or int(os.environ.get("RANK", 0)) == 0
     try:
-        cfg = resolve(cfg)
-        if not under_torchrun() or int(os.environ.get("RANK", 0)) == 0:
-            print("config: " + json.dumps({k: v for k, v in cfg.to_dict().items() if v != getattr(Config, k, None)
+        if spec is None and values.get("spec"):
+            spec = load_spec(values["spec"])
+        elif spec is not None and not spec.name:
+            spec.name = getattr(spec.model, "__qualname__", "spec")
+        notes: list[str] = []
+        cfg = build(p, values, sources, spec, notes)  # resolved: what the launcher decides is in it
+        if rank0:
+            for note in notes:
+                print(f"dni_dist: warning: {note}", file=sys.stderr, flush=True)
+            unset = defaults()
+            print("config: " + json.dumps({k: v for k, v in cfg.to_dict().items() if v != unset[k]
                                            or k in ("workers", "mode", "backend")}), file=sys.stderr, flush=True)
         if ns.compare:
-            return _compare(cfg)
-        result = fit(resolve_spec(cfg), cfg)
+            return _compare(cfg, spec)
+        result = run(spec or resolve_spec(cfg), cfg)
     except (CheckpointError, ImportError, TypeError, ValueError, RuntimeError) as e:
-        if isinstance(e, DivergenceError) or type(e) in (CheckpointError, ImportError, TypeError, ValueError) \
-                or "must be launched by torchrun" in str(e):
+        if isinstance(e, (DivergenceError, ConfigError)) \
+                or type(e) in (CheckpointError, ImportError, TypeError, ValueError):
             print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
             return 1 if isinstance(e, DivergenceError) else 2
         raise
@@ -66,16 +79,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _compare(cfg: Config) -> int:
+def _compare(cfg: Config, own=None) -> int:
     rows = []
     spec = None
     for mode in ("tbptt", "dni"):
         c = dataclasses.replace(cfg, mode=mode, backend="debug")
-        spec = resolve_spec(c)
-        m = fit(spec, c).metrics
+        spec = own or resolve_spec(c)
+        m = run(spec, c).metrics
         rows.append((mode, m))
         print(summary(m, c), flush=True)
-    print(f"\nmode    loss/chunk (last 10 batches{chance_per_chunk(cfg, spec)})   tokens/s")
+    print(f"\nmode    loss/chunk (last 10 batches{'' if own else chance_per_chunk(cfg, spec)})   tokens/s")
     for mode, m in rows:
         tail = m["losses"][-cfg.chunks * 10:]
         print(f"{mode:<7} {sum(tail) / len(tail):>10.4f}{'':>30}{m['tokens_per_s']:>10,.0f}")

@@ -1,15 +1,17 @@
 """Bring your own model and data: a 2-layer character LSTM on your own text, through dni_dist.fit.
 
 Everything the engine needs is in the Spec at the bottom: a model builder, a batch function (a
-pure function of the batch index), a loss, an optimizer, an evaluation, and stream groups (batch
-i continues the text streams where batch i-2 stopped: stateful truncated BPTT over a corpus).
+pure function of the batch index), a loss, an optimizer, an evaluation, stream groups (batch
+i continues the text streams where batch i-2 stopped: stateful truncated BPTT over a corpus), the
+shape of a batch (truncation x chunks) and defaults for other options (steps, workers, ...).
 
     python examples/own_model.py                                     # debug mode, 2 simulated workers
     torchrun --standalone --nproc-per-node 2 examples/own_model.py   # one worker per process
     python examples/own_model.py --backend ray                       # Ray actors (a private local Ray)
-    python -m dni_dist.train --spec examples.own_model:spec --workers 2 --truncation 8 --chunks 4
+    python -m dni_dist.train --spec examples.own_model:spec          # the same, by import path
 
-Any ``python -m dni_dist.train`` option works here too (--mode tbptt, --steps, --save, ...).
+Any ``python -m dni_dist.train`` option works here too (--mode tbptt, --steps, --save, ...). From
+Python: ``result = dni_dist.fit(spec, steps=100)``; ``result.model`` is the trained CharLSTM.
 """
 import math
 import os
@@ -20,7 +22,6 @@ from torch import nn
 import torch.nn.functional as F
 
 import dni_dist
-from dni_dist.config import parse, parser
 
 T, CHUNKS, BATCH, GROUPS = 8, 4, 16, 2  # truncation, chunks per batch, streams per batch, stream groups
 
@@ -70,15 +71,9 @@ def evaluate(model):
 
 
 spec = dni_dist.Spec(model=build, batch=get_batch, loss=loss_fn, evaluate=evaluate, stream_groups=GROUPS,
-                     optimizer=lambda params: torch.optim.Adam(params, lr=3e-3))
+                     optimizer=lambda params: torch.optim.Adam(params, lr=3e-3), truncation=T, chunks=CHUNKS,
+                     defaults={"steps": 300, "eval_every": 100, "workers": 2})
 
 if __name__ == "__main__":
-    p = parser()
-    p.set_defaults(truncation=T, chunks=CHUNKS, steps=300, eval_every=100)
-    _, cfg = parse(p, sys.argv[1:])
-    if not cfg.workers and "RANK" not in os.environ:
-        cfg = dni_dist.Config(**{**cfg.to_dict(), "workers": 2})
-    result = dni_dist.fit(spec, cfg)
-    if result.metrics is not None:  # rank 0
-        print(f"trained {type(result.model).__name__}: valid bits/char {result.metrics['evals'][-1]['valid_bpc']:.3f}"
-              f" ({result.metrics['tokens_per_s']:,.0f} tokens/s)")
+    from dni_dist.train import main
+    sys.exit(main(sys.argv[1:], spec=spec))  # the command line over dni_dist.fit, for this spec

@@ -94,6 +94,7 @@ def _torchrun(extra, tmp_path, name, nodes=None):
     return cmd
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_torchrun_needs_no_workers_flag_and_names_a_mismatch(tmp_path):
     r = subprocess.run(_torchrun([], tmp_path, "a"), capture_output=True, text=True, timeout=200, cwd=ROOT)
@@ -105,6 +106,7 @@ def test_torchrun_needs_no_workers_flag_and_names_a_mismatch(tmp_path):
     assert "torchrun started 2 processes" in r.stderr and "--workers is 4" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_two_node_torchrun_on_loopback_matches_debug(tmp_path):
     """Two torchrun invocations as two nodes (c10d rendezvous on 127.0.0.1), as on two machines."""

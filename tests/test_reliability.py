@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ------------------------------------------------------------------ config validation
 @pytest.mark.parametrize("kw,match", [
-    ({"workers": 3}, r"chunks\(4\) must be a multiple of workers\(3\)"),
+    ({"workers": 3}, r"chunks per sequence \(4\) must be a positive multiple of workers \(3\)"),
     ({"delay": 12}, r"delay\(12\) must be in \[0, chunks\*truncation=12\)"),
     ({"task": "copy", "copy_len": 6}, r"2\*copy_len\+1 = 13 <= chunks\*truncation = 12"),
     ({"backend": "mpi"}, r"backend='mpi': expected 'debug' or 'torch' or 'ray'"),

@@ -13,7 +13,6 @@ evidence]``; the model's step needs only the first two parts, the synthesizer's 
 from __future__ import annotations
 
 import collections
-import json
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +77,7 @@ class Worker:
         self.synth = None
         if self.dni:
             opts = {"lr": cfg.synth_lr, "factor": cfg.factor, "discount": cfg.discount, **spec.synthesizer,
-                    **(json.loads(cfg.synth_options) if cfg.synth_options else {})}
+                    **cfg.synth_options}
             self.synth = Synthesizer.for_state(self.like, **opts)
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
         # Gradients accumulate straight into one flat buffer per tick (params' .grad are views of

@@ -15,11 +15,9 @@ from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 
 
 def run_rank(cfg: Config, spec, rank: int, world: int):
-    """Run this rank's worker to the end (the default process group must be initialised).
-    Returns ``(model, metrics)``."""
-    if world != cfg.workers:
-        raise ValueError(f"the launcher started {world} processes but --workers is {cfg.workers}: leave "
-                         f"--workers out (it defaults to the world size) or make them equal")
+    """Run this rank's worker to the end (the default process group must be initialised; its
+    size is ``cfg.workers``: :func:`dni_dist.fit.resolve` checks it under torchrun, and the Ray
+    runner starts that many actors). Returns ``(model, metrics)``."""
     torch.set_num_threads(1)
     if cfg.pin_cores:
         pin_to_core(int(os.environ.get("LOCAL_RANK", rank)))

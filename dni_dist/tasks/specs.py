@@ -13,8 +13,6 @@ from ..model import SeqModel
 from ..spec import Spec
 from .algorithmic import copy_batch, delayed_recall_batch, pad_to_multiple, repeat_copy_batch
 
-TASKS = ("recall", "copy", "repeat_copy", "charlm")
-
 
 def bce_loss(out, y, mask):
     """Independent bits: binary cross-entropy summed over bits and steps, averaged over the batch."""
