@@ -122,6 +122,17 @@ class Config:
                                     help="ticks over which non-finite chunks are counted.")
     divergence_threshold: float = option(0.1, group=TRAINING, resumable=True, help="""stop with an error when more
         than this fraction of the window's chunks were non-finite.""")
+    lr_schedule: str = option("constant", group=TRAINING, choices=("constant", "cosine"), help="""the model's
+        learning rate over the run: 'constant', or 'cosine' (linear warm-up over --warmup-steps optimizer steps,
+        then a cosine to 0 at the run's last step); a spec's lr_schedule (step -> factor) takes precedence.""")
+    warmup_steps: int = option(0, group=TRAINING, help="cosine: optimizer steps of linear warm-up from 0.")
+    precision: str = option("fp32", group=TRAINING, choices=("fp32", "bf16", "fp16"), help="""the model's forward
+        and loss: 'fp32', or 'bf16' (torch.autocast; weights, gradients and the synthesizer stay fp32). 'fp16' is
+        refused: it would need loss scaling.""")
+    grad_accum: int = option(1, group=TRAINING, help="""M: one optimizer step per M steps' gradients (their
+        mean); the learning-rate schedule counts these steps.""")
+    early_stop: int = option(0, group=TRAINING, resumable=True, help="""stop after this many evaluations without
+        an improvement of --keep-best's metric (0 = never; debug mode).""")
     # ---------------------------------------------------------------- parallelism
     workers: int = option(0, group=PARALLELISM, help="""K: workers (processes, actors, or simulated in debug mode);
         must divide --chunks. 0: the launcher's world size under torchrun, else 1.""")
@@ -160,6 +171,11 @@ class Config:
         checkpoint in --checkpoint-dir (the experiment must match).""")
     save: str = option("", group=CHECKPOINTS, resumable=True, help="""write the trained model's state_dict here at
         the end (torch.load(path, weights_only=True)).""")
+    keep_best: str = option("", group=CHECKPOINTS, resumable=True, help="""after each evaluation, when this
+        metric of the spec's evaluate (e.g. 'valid_bpc'; lower is better, 'max:acc' for higher) improved, write the
+        model and synthesizer to --best-path ('' = none).""")
+    best_path: str = option("", group=CHECKPOINTS, resumable=True, help="""where --keep-best writes ('' = --save's
+        '.best' sibling: model.pt -> model.best.pt).""")
     # ---------------------------------------------------------------- logging
     progress: bool = option(True, group=LOGGING, resumable=True, help="""progress: a bar on a terminal, else a
         plain line every --log-every seconds (rank 0).""")
@@ -173,6 +189,8 @@ class Config:
         (step,batch,loss,tokens_per_s,skill,gate) as the run goes.""")
     tensorboard: str = option("", group=LOGGING, resumable=True, help="""write TensorBoard scalars to this
         directory (needs the tensorboard package).""")
+    mlflow: str = option("", group=LOGGING, resumable=True, help="""log the config, train loss and evaluations
+        to an MLflow local file store in this directory (pip install 'dni_dist[mlflow]').""")
     # ---------------------------------------------------------------- synthesizer
     synth_lr: float = option(3e-3, group=SYNTHESIZER, help="""Adam learning rate of the synthesizer (in
         normalized target units).""")
@@ -268,6 +286,8 @@ class Config:
                 raise ConfigError(f"repeat_copy needs copy_len*(repeats+1)+1 = "
                                   f"{self.copy_len * (self.repeats + 1) + 1} <= chunks*truncation = {length}",
                                   "copy_len", "repeats", "chunks", "truncation")
+        from .trainer import check_config
+        check_config(self)
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("checkpoint_every > 0 needs checkpoint_dir", "checkpoint_every", "checkpoint_dir")
         if self.resume and not self.checkpoint_dir:

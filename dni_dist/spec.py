@@ -46,6 +46,12 @@ class Spec:
         defaults: defaults for other :class:`dni_dist.Config` options, e.g. ``{"steps": 300,
             "eval_every": 100, "workers": 2}`` (the command line and ``fit``'s options win;
             ``workers`` is the launcher's under torchrun).
+        lr_schedule: ``(optimizer step) -> factor`` of the model's learning rate (a LambdaLR,
+            stepped once per optimizer step, saved in checkpoints); over ``--lr-schedule``.
+        on_batch_end: ``(batch_index, metrics)`` after every batch (``metrics``: ``loss``, the mean
+            loss of the steps since the last call, and ``batches_done``). Rank 0 only.
+        on_eval: ``(batch_index, metrics)`` after every evaluation (the dict ``evaluate`` returned).
+            Rank 0 only. ``batch_index`` is the 0-based index of the last batch trained.
     """
 
     model: Callable[[], torch.nn.Module]
@@ -60,12 +66,15 @@ class Spec:
     truncation: int | None = None
     chunks: int | None = None
     defaults: dict = field(default_factory=dict)
+    lr_schedule: Callable[[int], float] | None = None
+    on_batch_end: Callable[[int, dict], None] | None = None
+    on_eval: Callable[[int, dict], None] | None = None
 
     def __post_init__(self):
         for attr in ("model", "batch", "loss"):
             if not callable(getattr(self, attr)):
                 raise TypeError(f"Spec({attr}=...) must be callable; got {type(getattr(self, attr)).__name__}")
-        for attr in ("optimizer", "evaluate"):
+        for attr in ("optimizer", "evaluate", "lr_schedule", "on_batch_end", "on_eval"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 raise TypeError(f"Spec({attr}=...) must be callable or None; got {type(value).__name__}")

@@ -23,6 +23,7 @@ from ..config import Config
 from ..optim import adam
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
+from ..trainer import Trainer
 from .schedule import Action, Schedule
 
 EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate), at the end of the buffer
@@ -108,6 +109,8 @@ class Worker:
         self.n_jtg_passes = 0          # and those that took the discounted target's J^T g pass (work done)
         self.timers = None             # engine.loop.Timers: seconds per tick phase (set by the runner)
         self._recent = collections.deque(maxlen=cfg.divergence_window)  # (chunks run, skipped) per tick
+        self.trainer = Trainer(cfg, spec, self)  # lr schedule, precision, grad accumulation (dni_dist.trainer)
+        self._model_fn, self._loss_fn = self.trainer.forward_fns(self.model, spec.loss)
 
     def _probe_state(self):
         """The form of a boundary state (for receive buffers and sizing the synthesizer), from one
@@ -196,7 +199,7 @@ class Worker:
         x, y, m = self._chunk_data(a.batch, a.chunk)
         if poison:
             x = x * float("nan")
-        self._graph = chunk_forward(self.model, self.spec.loss, start, x, y, m,
+        self._graph = chunk_forward(self._model_fn, self._loss_fn, start, x, y, m,
                                     need_delta=s.needs_delta(a) and start is not None)
         if s.waits_for_target(a) and start is not None:  # copied before this tick's step changes them
             self._rerun = (tg.snapshot(self.model), x)
@@ -338,9 +341,7 @@ class Worker:
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
         self._bind_part(self.params, grads)
         if ran > 0:
-            if self.cfg.clip:
-                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
-            self.opt.step()
+            self.trainer.step(grads)  # clip, step, schedule; every grad_accum ticks (dni_dist.trainer)
             self.losses.append(loss / ran)
         self.skipped += int(skipped)
         self._check_divergence(int(ran), int(skipped))
@@ -375,11 +376,13 @@ class Worker:
         if self.synth is not None:
             out["synth"] = self.synth.state_dict()
             out["synth_opt"] = self.synth.optimizer.state_dict()
+        out.update(self.trainer.state_dict())
         return out
 
     def load_state_dict(self, sd: dict) -> None:
         self.model.load_state_dict(sd["model"])
         self.opt.load_state_dict(sd["opt"])
+        self.trainer.load_state_dict(sd)
         if self.synth is not None:
             self.synth.load_state_dict(sd["synth"])
             self.synth.optimizer.load_state_dict(sd["synth_opt"])

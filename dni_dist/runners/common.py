@@ -12,6 +12,7 @@ import torch
 from ..checkpoint import CheckpointError, check_writable, clean_temporary, latest, save
 from ..config import Config
 from ..engine.schedule import Schedule
+from ..trainer import RunHooks
 
 
 def resume_point(cfg: Config, spec_name: str, worker) -> int:
@@ -100,6 +101,7 @@ class Reporter:
                 raise ImportError("--tensorboard needs the tensorboard package: pip install 'dni_dist[tensorboard]' "
                                   "(or pip install tensorboard)") from e
             self.tb = SummaryWriter(cfg.tensorboard)
+        self.hooks = RunHooks(cfg, spec, worker, start)  # callbacks, keep-best, early stop, MLflow
 
     def tokens_per_s(self) -> float:
         return (self.done - self.start) * self.tokens_per_batch / max(time.perf_counter() - self.t0, 1e-9)
@@ -126,6 +128,8 @@ class Reporter:
             self.csv.flush()
         crossed = batches_done > self.done
         prev, self.done = self.done, batches_done
+        if crossed:
+            self.hooks.batches_done(prev, batches_done)
         if crossed and self.spec.evaluate and cfg.eval_every and batches_done // cfg.eval_every > prev // cfg.eval_every \
                 and batches_done < cfg.steps:
             self.evaluate()
@@ -169,6 +173,7 @@ class Reporter:
         if self.cfg.progress:
             print(f"[{self.label}] eval at batch {self.done}: " +
                   "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "batch"), file=sys.stderr, flush=True)
+        self.hooks.evaluated(row)
         return row
 
     def close(self) -> None:
@@ -178,6 +183,7 @@ class Reporter:
             self.csv.close()
         if self.tb is not None:
             self.tb.close()
+        self.hooks.close()
 
 
 def metrics(cfg: Config, worker, wall_s: float, startup_s: float, batches: int, extra: dict | None = None) -> dict:

@@ -5,6 +5,7 @@ order, which is what gloo computes for K = 2, so debug and torchrun runs match b
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -12,6 +13,7 @@ import torch
 from ..config import Config
 from ..engine.worker import Worker
 from ..transport.local import LocalHub
+from ..trainer import stopping
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 
 
@@ -31,16 +33,19 @@ def run(cfg: Config, spec):
         loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None)
                  for k, (w, tr) in enumerate(zip(workers, transports))]
         alive = True
-        while alive:  # lockstep: every loop to its next synchronisation point, in rank order
-            alive = False
-            for loop in loops:
-                try:
-                    next(loop)
-                    alive = True
-                except StopIteration:
-                    pass
+        with stopping(reporter) as stopped:  # early stop (dni_dist.trainer): the run ends at this batch
+            while alive:  # lockstep: every loop to its next synchronisation point, in rank order
+                alive = False
+                for loop in loops:
+                    try:
+                        next(loop)
+                        alive = True
+                    except StopIteration:
+                        pass
     except BaseException:
         reporter.close()
         raise
-    m = finish(cfg, workers[0], reporter, t0, t0 - t_build, start)
+    if stopped:
+        cfg = dataclasses.replace(cfg, steps=reporter.done)
+    m = finish(cfg, workers[0], reporter, t0, t0 - t_build, start, {"stopped": stopped[0]} if stopped else None)
     return workers[0].model, m

@@ -1,0 +1,263 @@
+"""The trainer features around the engine's optimizer step: a learning-rate schedule, mixed
+precision, gradient accumulation (one :class:`Trainer` per worker), and rank 0's callbacks,
+keep-best, early stopping and MLflow logging (one :class:`RunHooks` per run, held by the Reporter).
+
+    --lr-schedule cosine --warmup-steps 100   # or Spec(lr_schedule=lambda step: factor)
+    --precision bf16                          # autocast around the model's forward and loss
+    --grad-accum 4                            # one optimizer step per 4 steps' gradients (their mean)
+    --keep-best valid_bpc --early-stop 5      # best model to model.best.pt; stop after 5 evals without gain
+    --mlflow runs/                            # MLflow local file store (pip install 'dni_dist[mlflow]')
+
+Spec(on_batch_end=f, on_eval=g): called on rank 0 only, ``f(batch_index, metrics)`` after every
+batch and ``g(batch_index, metrics)`` after every evaluation; ``batch_index`` is the 0-based
+index of the last batch trained (batches completed - 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+
+import torch
+
+from . import targets as tg
+from .config import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StopTraining(Exception):
+    """Raised on rank 0 by early stopping: the run ends cleanly at the current batch."""
+
+
+def check_config(cfg) -> None:
+    """The trainer options' own checks (called by ``Config.__post_init__``)."""
+    if cfg.grad_accum < 1:
+        raise ConfigError(f"grad_accum={cfg.grad_accum!r}: expected an int >= 1 (1 = a step every tick)",
+                          "grad_accum")
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"warmup_steps={cfg.warmup_steps!r}: expected an int >= 0", "warmup_steps")
+    if cfg.early_stop < 0:
+        raise ConfigError(f"early_stop={cfg.early_stop!r}: expected an int >= 0 (0 = off)", "early_stop")
+    if cfg.precision == "fp16":
+        raise ConfigError("precision='fp16' is not supported: fp16 needs a gradient scaler (loss scaling), which "
+                          "dni_dist does not implement for synthetic gradients; use --precision bf16", "precision")
+    if cfg.early_stop and not cfg.keep_best:
+        raise ConfigError("early_stop needs keep_best: the metric whose improvement it waits for "
+                          "(e.g. --keep-best valid_bpc)", "early_stop", "keep_best")
+    if cfg.keep_best and not (cfg.best_path or cfg.save):
+        raise ConfigError("keep_best needs a place to write the best model: --save PATH (it writes PATH's "
+                          "'.best' sibling) or --best-path PATH", "keep_best", "best_path")
+
+
+def cosine(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps (0 at step 0), then a cosine from 1 to 0 at ``total``."""
+    if step < warmup:
+        return step / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def optimizer_steps(cfg, spec, worker) -> int:
+    """How many optimizer steps the run takes: ticks where some worker runs a chunk, over every
+    segment of the run, divided by ``grad_accum`` (chunks skipped for a non-finite loss aside)."""
+    from .engine.loop import segments
+    from .runners.common import stream_groups
+    synth = worker.synth
+    busy = 0
+    for s in segments(cfg, 0, stream_groups(cfg, spec), synth.lookahead if synth else 1,
+                      synth.train_every if synth else 1):
+        busy += sum(1 for t in range(s.ticks) if any(s.action(w, t) is not None for w in range(s.workers)))
+    return busy // cfg.grad_accum
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to a temporary name, fsync, then rename: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """A worker's optimizer step: gradient accumulation, clipping, the step, the schedule; and
+    the autocast around its forward. Every replica holds one and takes the same decisions."""
+
+    def __init__(self, cfg, spec, worker):
+        self.cfg, self.params, self.opt = cfg, worker.params, worker.opt
+        if cfg.early_stop and cfg.backend != "debug":
+            raise ConfigError("early_stop runs in debug mode only for now (every torchrun/Ray rank would have to "
+                              "learn of the stop); leave --early-stop out, or run with --backend debug",
+                              "early_stop")
+        self.dtype = PRECISIONS[cfg.precision]
+        self.like = worker.like
+        self.accum = None  # the sum of the gradients of the steps accumulated so far
+        self.count = 0
+        self.sched = None
+        factor = getattr(spec, "lr_schedule", None)
+        if factor is None and cfg.lr_schedule == "cosine":
+            total = optimizer_steps(cfg, spec, worker)
+            factor = lambda s, n=total, w=cfg.warmup_steps: cosine(s, n, w)  # noqa: E731
+        if factor is not None:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
+
+    # ---------------------------------------------------------------- precision
+    def forward_fns(self, model, loss_fn):
+        """``(model, loss)`` to run a chunk with: the originals in fp32; under autocast otherwise,
+        the state returned in the dtype the boundary states have (the synthesizer stays fp32)."""
+        if self.dtype is None:
+            return model, loss_fn
+        device = next(model.parameters()).device.type
+        dtypes = [t.dtype for t in tg.as_tuple(self.like)]
+
+        def run_model(x, state):
+            with torch.autocast(device, dtype=self.dtype):
+                out, end = model(x, state)
+            end = tg.like([t.to(d) for t, d in zip(tg.as_tuple(end), dtypes)], end)
+            return out, end
+
+        def run_loss(out, y, mask):
+            with torch.autocast(device, dtype=self.dtype):
+                loss = loss_fn(out, y, mask)
+            return loss.float() if torch.is_tensor(loss) else loss
+
+        return run_model, run_loss
+
+    # ---------------------------------------------------------------- the step
+    def step(self, grads: torch.Tensor) -> bool:
+        """Take the tick's summed model gradient (the parameters' ``.grad`` are views of
+        ``grads``); step once every ``grad_accum`` calls on their mean. True when it stepped."""
+        m = self.cfg.grad_accum
+        if m > 1:
+            if self.accum is None:
+                self.accum = torch.zeros_like(grads)
+            self.accum.add_(grads)
+            self.count += 1
+            if self.count < m:
+                return False
+            grads.copy_(self.accum).div_(m)
+            self.accum.zero_()
+            self.count = 0
+        if self.cfg.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        return True
+
+    def state_dict(self) -> dict:
+        out = {}
+        if self.sched is not None:
+            out["lr_sched"] = self.sched.state_dict()
+        if self.cfg.grad_accum > 1:
+            out["accum"] = {"count": self.count, "sum": self.accum if self.accum is not None else torch.zeros(0)}
+        return out
+
+    def load_state_dict(self, sd: dict) -> None:
+        if self.sched is not None and "lr_sched" in sd:
+            self.sched.load_state_dict(sd["lr_sched"])
+        if "accum" in sd:
+            self.count = int(sd["accum"]["count"])
+            self.accum = sd["accum"]["sum"].clone() if sd["accum"]["sum"].numel() else None
+
+
+class RunHooks:
+    """Rank 0's per-run hooks, called by the Reporter: the spec's callbacks, keep-best, early
+    stopping and MLflow."""
+
+    def __init__(self, cfg, spec, worker, start: int):
+        self.cfg, self.spec, self.worker = cfg, spec, worker
+        self.rows = len(worker.losses)
+        self.bad_evals, self.stopped = 0, False
+        self.best = None
+        self.metric, self.sign = cfg.keep_best, 1.0
+        if self.metric.startswith("max:"):
+            self.metric, self.sign = self.metric[4:], -1.0
+        self.best_path = cfg.best_path or best_sibling(cfg.save)
+        if self.metric and start > 0 and os.path.exists(self.best_path):  # a resumed run keeps its best
+            saved = torch.load(self.best_path, weights_only=True)
+            if isinstance(saved, dict) and saved.get("metric") == cfg.keep_best:
+                self.best = float(saved["value"])
+        self.mlflow = None
+        if cfg.mlflow:
+            try:
+                import mlflow
+            except ImportError:
+                raise ImportError("--mlflow needs the mlflow package: pip install 'dni_dist[mlflow]'") from None
+            mlflow.set_tracking_uri("file:" + os.path.abspath(cfg.mlflow))
+            mlflow.set_experiment(spec.name or "dni_dist")
+            mlflow.start_run()
+            mlflow.log_params({k: str(v)[:500] for k, v in cfg.to_dict().items()})
+            self.mlflow = mlflow
+
+    def batches_done(self, prev: int, done: int) -> None:
+        """Batches ``prev .. done-1`` are complete: the spec's ``on_batch_end`` for each, and the
+        mean loss of the steps since the last call to MLflow."""
+        losses = self.worker.losses[self.rows:]
+        self.rows = len(self.worker.losses)
+        loss = sum(losses) / len(losses) if losses else float("nan")
+        for b in range(prev, done):
+            if self.spec.on_batch_end is not None:
+                self.spec.on_batch_end(b, {"loss": loss, "batches_done": b + 1})
+        if self.mlflow is not None and losses:
+            self.mlflow.log_metric("train_loss", loss, step=done)
+
+    def evaluated(self, row: dict) -> None:
+        """After an evaluation (``row``: ``batch`` = batches done, and the spec's metrics). Raises
+        :class:`StopTraining` when early stopping ends the run here (never at the final one)."""
+        done = row["batch"]
+        metrics = {k: v for k, v in row.items() if k != "batch"}
+        if self.spec.on_eval is not None:
+            self.spec.on_eval(done - 1, metrics)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()}, step=done)
+        if not self.metric:
+            return
+        if self.metric not in metrics:
+            raise ValueError(f"--keep-best {self.cfg.keep_best!r}: the evaluation has no metric {self.metric!r}; "
+                             f"it returned {', '.join(sorted(metrics)) or 'nothing'}")
+        value = self.sign * metrics[self.metric]
+        if self.best is None or value < self.best:
+            self.best, self.bad_evals = value, 0
+            w = self.worker
+            state = {"model": w.model.state_dict(), "metric": self.cfg.keep_best, "value": value, "batch": done}
+            if w.synth is not None:
+                state["synth"] = w.synth.state_dict()
+            atomic_save(state, self.best_path)
+        else:
+            self.bad_evals += 1
+            if self.cfg.early_stop and self.bad_evals >= self.cfg.early_stop and done < self.cfg.steps \
+                    and not self.stopped:
+                self.stopped = True
+                raise StopTraining(f"early stop at batch {done}: {self.metric} did not improve for "
+                                   f"{self.bad_evals} evaluations (best {self.sign * self.best:.6g})")
+
+    def close(self) -> None:
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+            self.mlflow = None
+
+
+def best_sibling(path: str) -> str:
+    """``model.pt`` -> ``model.best.pt`` (``''`` stays ``''``)."""
+    if not path:
+        return ""
+    root, ext = os.path.splitext(path)
+    return f"{root}.best{ext or '.pt'}"
+
+
+@contextlib.contextmanager
+def stopping(reporter):
+    """Run the training loops; an early stop ends them cleanly. Yields a list that holds the
+    reason when it stopped."""
+    why = []
+    try:
+        yield why
+    except StopTraining as e:
+        why.append(str(e))
+        label = f"[{reporter.label}] " if reporter is not None else ""
+        print(f"{label}{e}", file=sys.stderr, flush=True)
