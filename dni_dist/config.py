@@ -189,8 +189,9 @@ class Config:
         (step,batch,loss,tokens_per_s,skill,gate) as the run goes.""")
     tensorboard: str = option("", group=LOGGING, resumable=True, help="""write TensorBoard scalars to this
         directory (needs the tensorboard package).""")
-    mlflow: str = option("", group=LOGGING, resumable=True, help="""log the config, train loss and evaluations
-        to an MLflow local file store in this directory (pip install 'dni_dist[mlflow]').""")
+    mlflow: str = option("", group=LOGGING, resumable=True, help="""log the config, train loss (by batch) and
+        evaluations (by batch) to MLflow: a directory (a local file store, offline) or a tracking URI (pip install
+        'dni_dist[mlflow]').""")
     # ---------------------------------------------------------------- synthesizer
     synth_lr: float = option(3e-3, group=SYNTHESIZER, help="""Adam learning rate of the synthesizer (in
         normalized target units).""")

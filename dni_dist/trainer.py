@@ -188,7 +188,11 @@ class RunHooks:
                 import mlflow
             except ImportError:
                 raise ImportError("--mlflow needs the mlflow package: pip install 'dni_dist[mlflow]'") from None
-            mlflow.set_tracking_uri("file:" + os.path.abspath(cfg.mlflow))
+            # a directory is a local file store (offline; mlflow >= 3.7 asks for this opt-in), a URI is used as is
+            uri = cfg.mlflow if ":" in cfg.mlflow else "file:" + os.path.abspath(cfg.mlflow)
+            if uri.startswith("file:"):
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(spec.name or "dni_dist")
             mlflow.start_run()
             mlflow.log_params({k: str(v)[:500] for k, v in cfg.to_dict().items()})
