@@ -147,6 +147,17 @@ def test_grad_accum_steps_once_per_m_ticks_on_the_mean():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_grad_accum_resumes_mid_accumulation(tmp_path):
+    spec = dni_dist.Spec(model=Linear, batch=lin_batch, loss=mse, optimizer=recording_sgd, truncation=3, chunks=2)
+    opts = dict(mode="tbptt", steps=3, grad_accum=3, checkpoint_every=1, **QUIET)  # 2 ticks a batch: cut mid-way
+    whole = fit(spec, checkpoint_dir=str(tmp_path / "whole"), **opts)
+    with pytest.raises(Exception):
+        fit(spec, checkpoint_dir=str(tmp_path / "cut"), fail_at=2, **opts)
+    resumed = fit(spec, checkpoint_dir=str(tmp_path / "cut"), resume=True, **opts)
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- 4. callbacks
 def test_callbacks_are_called_with_the_batch_index():
     ends, evals = [], []
