@@ -129,8 +129,8 @@ class Config:
     precision: str = option("fp32", group=TRAINING, choices=("fp32", "bf16", "fp16"), help="""the model's forward
         and loss: 'fp32', or 'bf16' (torch.autocast; weights, gradients and the synthesizer stay fp32). 'fp16' is
         refused: it would need loss scaling.""")
-    grad_accum: int = option(1, group=TRAINING, help="""M: one optimizer step per M steps' gradients (their
-        mean); the learning-rate schedule counts these steps.""")
+    grad_accum: int = option(1, group=TRAINING, help="""M: one optimizer step per M ticks' gradients (their
+        mean: M ticks with data, each the engine's step of a tick); --lr-schedule counts the steps taken.""")
     early_stop: int = option(0, group=TRAINING, resumable=True, help="""stop after this many evaluations without
         an improvement of --keep-best's metric (0 = never; debug mode).""")
     # ---------------------------------------------------------------- parallelism
