@@ -97,6 +97,8 @@ def spec_settings(spec: Spec, values: dict) -> tuple[dict, list[str]]:
             notes.append(f"{flag} is ignored: the spec brings its own model and data")
         elif name == "lr" and spec.optimizer is not None:
             notes.append(f"{flag} is ignored: the spec brings its own optimizer")
+        elif name in ("lr_schedule", "warmup_steps") and spec.lr_schedule is not None:
+            notes.append(f"{flag} is ignored: the spec brings its own lr_schedule")
         elif name in ("synth_lr", "factor", "discount"):
             key = "lr" if name == "synth_lr" else name
             if key in spec.synthesizer:

@@ -11,7 +11,7 @@ from torch import nn
 import dni_dist
 from dni_dist.cli import parser
 from dni_dist.config import Config, ConfigError
-from dni_dist.fit import fit
+from dni_dist.fit import ConfigWarning, fit
 
 import user_spec as us
 
@@ -66,6 +66,13 @@ def test_a_spec_schedule_and_a_resumed_run_continue_the_schedule(tmp_path):
     assert RecordingSGD.lrs == pytest.approx(full[2 * us.CHUNKS:])
     for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_spec_schedule_wins_over_the_option_with_a_warning():
+    RecordingSGD.lrs = []
+    with pytest.warns(ConfigWarning, match="--lr-schedule cosine is ignored: the spec brings its own lr_schedule"):
+        fit(user(lr_schedule=lambda s: 0.5), mode="tbptt", steps=1, lr_schedule="cosine", **QUIET)
+    assert RecordingSGD.lrs == pytest.approx([0.025] * us.CHUNKS)
 
 
 def test_cosine_schedule_resumes_after_a_failure(tmp_path):
