@@ -8,9 +8,13 @@ keep-best, early stopping and MLflow logging (one :class:`RunHooks` per run, hel
     --keep-best valid_bpc --early-stop 5      # best model to model.best.pt; stop after 5 evals without gain
     --mlflow runs/                            # MLflow local file store (pip install 'dni_dist[mlflow]')
 
-Spec(on_batch_end=f, on_eval=g): called on rank 0 only (under Ray, in rank 0's actor process), ``f(batch_index, metrics)`` after every
-batch and ``g(batch_index, metrics)`` after every evaluation; ``batch_index`` is the 0-based
-index of the last batch trained (batches completed - 1).
+Spec(on_batch_end=f, on_eval=g): called on rank 0 only (under Ray, in rank 0's actor process),
+``f(batch_index, metrics)`` after every batch and ``g(batch_index, metrics)`` after every
+evaluation; ``batch_index`` is the 0-based index of the last batch trained (batches completed - 1).
+
+Gradient accumulation and the schedule count optimizer steps as the engine takes them (one per
+tick with data); bf16 autocast covers the model's forward and loss, the synthesizer stays fp32;
+fp16 is refused (it would need loss scaling); early stopping runs in debug mode only.
 """
 from __future__ import annotations
 

@@ -222,7 +222,7 @@ def test_early_stop_ends_the_run_cleanly(tmp_path, capsys):
     assert "early stop at batch 4: score did not improve for 2 evaluations" in capsys.readouterr().err
 
 
-def test_early_stop_from_the_command_line_exits_0(tmp_path, capsys, monkeypatch):
+def test_early_stop_from_the_command_line_exits_0(tmp_path, capsys):
     from dni_dist import train
     spec = user(evaluate=scripted([5.0, 6.0, 7.0] + [9.0] * 10))
     code = train.main(["--mode", "tbptt", "--steps", "10", "--eval-every", "1", "--keep-best", "score",
