@@ -53,6 +53,15 @@ def test_cosine_schedule_with_warmup_follows_the_formula():
     assert RecordingSGD.lrs == pytest.approx([0.05 * cosine_by_hand(s, total, 3) for s in range(total)])
 
 
+def test_cosine_counts_the_pipelines_optimizer_steps_at_k2():
+    RecordingSGD.lrs = []
+    fit(user(), mode="tbptt", steps=3, workers=2, lr_schedule="cosine", **QUIET)
+    # K=2, 4 chunks: batch i starts at tick 2i on worker 0 and leaves worker 1 at tick 2i+3 -> 8 ticks, a step each
+    assert len(RecordingSGD.lrs) == 2 * 8  # debug mode: both replicas step in this process, in turn
+    assert RecordingSGD.lrs[::2] == pytest.approx([0.05 * cosine_by_hand(s, 8, 0) for s in range(8)])
+    assert RecordingSGD.lrs[1::2] == RecordingSGD.lrs[::2]
+
+
 def test_a_spec_schedule_and_a_resumed_run_continue_the_schedule(tmp_path):
     spec = user(lr_schedule=lambda s: 0.9 ** s)
     RecordingSGD.lrs = []
