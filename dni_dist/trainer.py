@@ -29,6 +29,8 @@ from . import targets as tg
 from .config import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+EARLY_STOP_DEBUG_ONLY = ("early_stop runs in debug mode only for now (every torchrun/Ray rank would have to learn "
+                         "of the stop); leave --early-stop out, or run with --backend debug")
 
 
 class StopTraining(Exception):
@@ -47,6 +49,8 @@ def check_config(cfg) -> None:
     if cfg.precision == "fp16":
         raise ConfigError("precision='fp16' is not supported: fp16 needs a gradient scaler (loss scaling), which "
                           "dni_dist does not implement for synthetic gradients; use --precision bf16", "precision")
+    if cfg.early_stop and cfg.backend != "debug":
+        raise ConfigError(EARLY_STOP_DEBUG_ONLY, "early_stop", "backend")
     if cfg.early_stop and not cfg.keep_best:
         raise ConfigError("early_stop needs keep_best: the metric whose improvement it waits for "
                           "(e.g. --keep-best valid_bpc)", "early_stop", "keep_best")
@@ -94,9 +98,7 @@ class Trainer:
     def __init__(self, cfg, spec, worker):
         self.cfg, self.params, self.opt = cfg, worker.params, worker.opt
         if cfg.early_stop and cfg.backend != "debug":
-            raise ConfigError("early_stop runs in debug mode only for now (every torchrun/Ray rank would have to "
-                              "learn of the stop); leave --early-stop out, or run with --backend debug",
-                              "early_stop")
+            raise ConfigError(EARLY_STOP_DEBUG_ONLY, "early_stop")  # torchrun: the backend is known only now
         self.dtype = PRECISIONS[cfg.precision]
         self.like = worker.like
         self.accum = None  # the sum of the gradients of the steps accumulated so far
