@@ -274,19 +274,6 @@ class Config:
                 Schedule(self.chunks, k, 1)  # the schedule owns the rule: a block of chunks per worker
             except ValueError as e:
                 raise ConfigError(str(e), "chunks", "workers") from None
-        if not self.spec:
-            length = self.length
-            if self.task == "recall" and not 0 <= self.delay < length:
-                raise ConfigError(f"delay({self.delay}) must be in [0, chunks*truncation={length})", "delay", "chunks",
-                                  "truncation")
-            if self.task == "copy" and 2 * self.copy_len + 1 > length:
-                raise ConfigError(f"copy needs 2*copy_len+1 = {2 * self.copy_len + 1} <= chunks*truncation = "
-                                  f"{length}; raise --chunks or --truncation (nothing is truncated silently)",
-                                  "copy_len", "chunks", "truncation")
-            if self.task == "repeat_copy" and self.copy_len * (self.repeats + 1) + 1 > length:
-                raise ConfigError(f"repeat_copy needs copy_len*(repeats+1)+1 = "
-                                  f"{self.copy_len * (self.repeats + 1) + 1} <= chunks*truncation = {length}",
-                                  "copy_len", "repeats", "chunks", "truncation")
         from .trainer import check_config
         check_config(self)
         if self.checkpoint_every and not self.checkpoint_dir:

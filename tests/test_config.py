@@ -250,3 +250,18 @@ def test_own_model_example_sets_its_defaults_through_the_spec():
         sys.path.remove(os.path.join(ROOT, "examples"))
     assert (own_model.spec.truncation, own_model.spec.chunks) == (own_model.T, own_model.CHUNKS)
     assert json.dumps(own_model.spec.defaults)  # plain options
+
+
+def test_a_short_spec_is_not_held_to_the_built_in_tasks_options(capsys):
+    """The built-in recall task's --delay 5 must not refuse a user's spec of 2 chunks x 1 step
+    (fit() and train.main(spec=...) with a Spec object); a built-in task still checks its own shape."""
+    def batch(index):
+        x = torch.randn(B, 2, 2, generator=torch.Generator().manual_seed(index))
+        return x, x[..., :1]
+    short = dni_dist.Spec(model=Tiny, batch=batch, loss=mse, truncation=1, chunks=2)
+    result = dni_dist.fit(short, steps=2, progress=False)
+    assert len(result.metrics["losses"]) > 0
+    code, err = _main(["--steps", "2", "--no-progress"], capsys, spec=short)
+    assert code == 0, err
+    code, err = _main(["--task", "recall", "--delay", "40", "--truncation", "4", "--chunks", "2"], capsys)
+    assert code == 2 and "delay(40) must be in [0, chunks*truncation=8)" in err

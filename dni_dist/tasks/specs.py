@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..config import ConfigError
 from ..model import SeqModel
 from ..spec import Spec
 from .algorithmic import copy_batch, delayed_recall_batch, pad_to_multiple, repeat_copy_batch
@@ -106,5 +107,23 @@ def bits_per_char(model, ids: torch.Tensor, streams: int, span: int = 256) -> fl
 
 def task_spec(cfg) -> Spec:
     """The built-in task ``cfg.task`` as a Spec."""
+    check_task(cfg)
     return {"recall": recall_spec, "copy": copy_spec, "repeat_copy": repeat_copy_spec,
             "charlm": charlm_spec}[cfg.task](cfg)
+
+
+def check_task(cfg) -> None:
+    """The built-in task's shape fits the sequence (checked when the task is built, so a user's own
+    spec is never held to the built-in task's options)."""
+    length = cfg.length
+    if cfg.task == "recall" and not 0 <= cfg.delay < length:
+        raise ConfigError(f"delay({cfg.delay}) must be in [0, chunks*truncation={length})", "delay", "chunks",
+                          "truncation")
+    if cfg.task == "copy" and 2 * cfg.copy_len + 1 > length:
+        raise ConfigError(f"copy needs 2*copy_len+1 = {2 * cfg.copy_len + 1} <= chunks*truncation = "
+                          f"{length}; raise --chunks or --truncation (nothing is truncated silently)",
+                          "copy_len", "chunks", "truncation")
+    if cfg.task == "repeat_copy" and cfg.copy_len * (cfg.repeats + 1) + 1 > length:
+        raise ConfigError(f"repeat_copy needs copy_len*(repeats+1)+1 = "
+                          f"{cfg.copy_len * (cfg.repeats + 1) + 1} <= chunks*truncation = {length}",
+                          "copy_len", "repeats", "chunks", "truncation")
