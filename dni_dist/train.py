@@ -14,12 +14,14 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 
 from .checkpoint import CheckpointError
 from .config import Config, parse, parser
 from .engine.worker import DivergenceError
-from .fit import fit, resolve, resolve_spec, under_torchrun
-from .runners.common import write_metrics
+from .files import WriteError
+from .fit import SpecError, fit, resolve, resolve_spec, under_torchrun
+from .runners.common import EndOfRunError, RunFailed, write_metrics
 
 
 def summary(m: dict, cfg: Config) -> str:
@@ -53,6 +55,15 @@ def main(argv=None) -> int:
         if ns.compare:
             return _compare(cfg)
         result = fit(resolve_spec(cfg), cfg)
+    except EndOfRunError as e:
+        return _end_of_run_failed(e, cfg)
+    except SpecError as e:  # the user's own code: its traceback, then which spec function raised
+        traceback.print_exception(e.__cause__ or e, file=sys.stderr)
+        print(f"dni_dist: error in your spec: {e}", file=sys.stderr, flush=True)
+        return 1
+    except WriteError as e:  # a full disk or an unwritable place, mid-run: one line
+        print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
+        return 1
     except (CheckpointError, ImportError, TypeError, ValueError, RuntimeError) as e:
         if isinstance(e, DivergenceError) or type(e) in (CheckpointError, ImportError, TypeError, ValueError) \
                 or "must be launched by torchrun" in str(e):
@@ -62,8 +73,34 @@ def main(argv=None) -> int:
     m = result.metrics
     if m is not None:
         print(summary(m, cfg), flush=True)
-        write_metrics(cfg.metrics_json, m)
+        try:
+            write_metrics(cfg.metrics_json, m)
+        except WriteError as e:
+            print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
+            return 1
     return 0
+
+
+def _end_of_run_failed(e: EndOfRunError, cfg: Config) -> int:
+    """The loop ended but something after it failed: write what can be written, then say what
+    failed (the user's traceback first when their code raised) and exit 1."""
+    message = str(e)
+    if e.metrics is not None:
+        try:
+            print(summary(e.metrics, cfg), flush=True)
+        except Exception:  # noqa: BLE001 - a summary must not hide the error
+            pass
+        try:
+            write_metrics(cfg.metrics_json, e.metrics)
+        except WriteError as w:
+            message += f"; {w}"
+    cause = e.__cause__
+    if isinstance(cause, SpecError):
+        traceback.print_exception(cause.__cause__ or cause, file=sys.stderr)
+    elif cause is not None and not isinstance(cause, (WriteError, RunFailed)):
+        traceback.print_exception(cause, file=sys.stderr)
+    print(f"dni_dist: error: {message}", file=sys.stderr, flush=True)
+    return 1
 
 
 def _compare(cfg: Config) -> int:
