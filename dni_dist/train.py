@@ -65,6 +65,9 @@ def main(argv=None) -> int:
         print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
         return 1
     except (CheckpointError, ImportError, TypeError, ValueError, RuntimeError) as e:
+        if type(e).__name__ == "Stopped":  # the Ray driver got SIGTERM and stopped its actors
+            print(f"dni_dist: {e}", file=sys.stderr, flush=True)
+            return 143
         if isinstance(e, DivergenceError) or type(e) in (CheckpointError, ImportError, TypeError, ValueError) \
                 or "must be launched by torchrun" in str(e):
             print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
