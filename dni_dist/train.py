@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     except EndOfRunError as e:
         return _end_of_run_failed(e, cfg)
     except SpecError as e:  # the user's own code: its traceback, then which spec function raised
-        traceback.print_exception(e.__cause__ or e, file=sys.stderr)
+        if e.__cause__ is not None:  # raised in the user's code (else: what it returned, said in one line)
+            traceback.print_exception(e.__cause__, file=sys.stderr)
         print(f"dni_dist: error in your spec: {e}", file=sys.stderr, flush=True)
         return 1
     except WriteError as e:  # a full disk or an unwritable place, mid-run: one line
@@ -99,7 +100,8 @@ def _end_of_run_failed(e: EndOfRunError, cfg: Config) -> int:
             message += f"; {w}"
     cause = e.__cause__
     if isinstance(cause, SpecError):
-        traceback.print_exception(cause.__cause__ or cause, file=sys.stderr)
+        if cause.__cause__ is not None:
+            traceback.print_exception(cause.__cause__, file=sys.stderr)
     elif cause is not None and not isinstance(cause, (WriteError, RunFailed)):
         traceback.print_exception(cause, file=sys.stderr)
     print(f"dni_dist: error: {message}", file=sys.stderr, flush=True)
