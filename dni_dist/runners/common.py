@@ -173,7 +173,7 @@ class Reporter:
             i, loss = self.rows, w.losses[self.rows]
             if self.csv is not None:
                 self.csv.add(f"{i},{batches_done},{loss:.6g},{tok:.1f},"
-                               f"{stats.skill if stats else ''},{stats.gate if stats else ''}\n")
+                             f"{stats.skill if stats else ''},{stats.gate if stats else ''}\n")
             if self.tb is not None and i % 10 == 0:
                 self.tb.add_scalar("train/loss", loss, i)
                 self.tb.add_scalar("train/tokens_per_s", tok, i)
