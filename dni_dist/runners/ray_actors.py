@@ -95,66 +95,71 @@ def run(cfg: Config, spec=None, spec_value=None):
     """Train on Ray actors; returns ``(model or None, metrics)``. ``spec_value`` is a Spec object
     sent by value (from :func:`dni_dist.fit`); otherwise the actors load ``cfg``'s spec."""
     ray = _import_ray()
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     if cfg.device == "cuda":
         raise ValueError("--backend ray --device cuda is not supported: the Ray actors reserve CPUs and talk "
                          "gloo. For GPUs launch with torchrun (NCCL, one GPU per process)")
     started = init_ray(ray, cfg)
-    actor_cls = _actor_class(ray)
     spec_bytes = None
     if spec_value is not None:
         import ray.cloudpickle as cloudpickle
         spec_bytes = cloudpickle.dumps(spec_value)
     driver_path = [os.path.abspath(p or os.getcwd()) for p in sys.path]
-    attempt, t0 = 0, time.perf_counter()
     try:
-        while True:
-            pg = placement_group([{"CPU": 1}] * cfg.workers, strategy="PACK")
-            start_limit = max(cfg.timeout_s, 300.0)  # starting actors imports torch in each: slow on a busy node
-            ray.get(pg.ready(), timeout=start_limit)
-            actors = [actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=pg, placement_group_bundle_index=k)).remote() for k in range(cfg.workers)]
-            try:
-                addrs = ray.get([a.prepare.remote(cfg, spec_bytes, driver_path, not cfg.ray_address)
-                                 for a in actors], timeout=start_limit)
-                run_cfg = dataclasses.replace(cfg, resume=cfg.resume or attempt > 0)
-                futures = [a.run.remote(run_cfg, k, cfg.workers, addrs[0]) for k, a in enumerate(actors)]
-                results = _supervise(ray, futures)
-                out = results[0]
-                out["restarts"] = attempt
-                out["wall_s_total"] = time.perf_counter() - t0
-                out["peak_rss_mb_per_rank"] = [r["peak_rss_mb"] for r in results]
-                state = out.pop("model_state")
-                model = None
-                if spec is not None:
-                    model = spec.model()
-                    model.load_state_dict(state)
-                return model, out
-            except Exception as e:
-                if isinstance(e, Stopped):
-                    raise
-                if _is_final(ray, e) or attempt >= cfg.max_restarts or not cfg.checkpoint_dir:
-                    err = _unwrap(ray, e)
-                    from .common import EndOfRunError
-                    if isinstance(err, EndOfRunError) and err.metrics is not None:  # the run ended; its end failed
-                        state = err.metrics.pop("model_state", None)
-                        if spec is not None and state is not None:
-                            err.model = spec.model()
-                            err.model.load_state_dict(state)
-                    raise err from None
-                attempt += 1
-                print(f"dni_dist[ray]: worker group failed ({type(e).__name__}: {str(e)[:200]}); "
-                      f"restart {attempt}/{cfg.max_restarts} from the last checkpoint", flush=True)
-            finally:
-                for a in actors:
-                    ray.kill(a)
-                remove_placement_group(pg)
+        with _sigterm_noted():
+            return _attempts(ray, cfg, spec, _actor_class(ray), spec_bytes, driver_path)
     finally:
         if started:
             ray.shutdown()
-            import signal
-            signal.signal(signal.SIGTERM, signal.SIG_DFL) if _signalled else None
+
+
+def _attempts(ray, cfg: Config, spec, actor_cls, spec_bytes, driver_path):
+    """Place the actors and run them; after a failure, restart the group from its checkpoint."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from .common import EndOfRunError
+    attempt, t0 = 0, time.perf_counter()
+    while True:
+        pg = placement_group([{"CPU": 1}] * cfg.workers, strategy="PACK")
+        start_limit = max(cfg.timeout_s, 300.0)  # starting actors imports torch in each: slow on a busy node
+        ray.get(pg.ready(), timeout=start_limit)
+        actors = [actor_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            placement_group=pg, placement_group_bundle_index=k)).remote() for k in range(cfg.workers)]
+        try:
+            addrs = ray.get([a.prepare.remote(cfg, spec_bytes, driver_path, not cfg.ray_address)
+                             for a in actors], timeout=start_limit)
+            run_cfg = dataclasses.replace(cfg, resume=cfg.resume or attempt > 0)
+            futures = [a.run.remote(run_cfg, k, cfg.workers, addrs[0]) for k, a in enumerate(actors)]
+            results = _supervise(ray, futures)
+            out = results[0]
+            out["restarts"] = attempt
+            out["wall_s_total"] = time.perf_counter() - t0
+            out["peak_rss_mb_per_rank"] = [r["peak_rss_mb"] for r in results]
+            return _model(spec, out.pop("model_state")), out
+        except Exception as e:
+            if isinstance(e, Stopped):
+                raise
+            if _is_final(ray, e) or attempt >= cfg.max_restarts or not cfg.checkpoint_dir:
+                err = _unwrap(ray, e)
+                if isinstance(err, EndOfRunError) and err.metrics is not None:  # the run ended; its end failed
+                    err.model = _model(spec, err.metrics.pop("model_state", None))
+                raise err from None
+            attempt += 1
+            print(f"dni_dist[ray]: worker group failed ({type(e).__name__}: {str(e)[:200]}); "
+                  f"restart {attempt}/{cfg.max_restarts} from the last checkpoint", flush=True)
+        finally:
+            for a in actors:
+                ray.kill(a)
+            remove_placement_group(pg)
+
+
+def _model(spec, state):
+    """The trained model rebuilt in the driver from rank 0's weights (None without a spec)."""
+    if spec is None or state is None:
+        return None
+    model = spec.model()
+    model.load_state_dict(state)
+    return model
 
 
 def init_ray(ray, cfg: Config) -> bool:
@@ -177,7 +182,6 @@ def init_ray(ray, cfg: Config) -> bool:
         with _no_metrics_servers():
             ray.init(address="local", num_cpus=max(cfg.workers, 2), include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, _system_config={"enable_metrics_collection": False}, **loopback)
-    _on_sigterm()
     return True
 
 
@@ -213,13 +217,22 @@ class _NoTokenNotice(logging.Filter):
         return "Token authentication is enabled" not in record.getMessage()
 
 
-def _on_sigterm() -> None:
+@contextlib.contextmanager
+def _sigterm_noted():
     """SIGTERM while the driver waits: noted here, acted on by :func:`_supervise` (stop the actors,
-    shut Ray down, exit 143), never raised from inside Ray's own code (a stack dump, exit 134)."""
+    shut Ray down, exit 143), never raised from inside Ray's own code (a stack dump, exit 134).
+    The previous handler is restored after."""
     import signal
     import threading
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: _signalled.append(signum))
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _signalled.clear()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _signalled.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _is_final(ray, e: Exception) -> bool:
