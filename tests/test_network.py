@@ -151,3 +151,17 @@ def _answers_http(port: int) -> bool:
             return c.recv(16).startswith(b"HTTP/1")
     except OSError:
         return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_launch_torchrun_restarts_a_killed_worker_on_loopback(tmp_path):
+    """The loopback stores survive the agent's restart of the worker group."""
+    out, rc, seen = run_and_watch(["bash", "launch/torchrun.sh", "2", "--steps", "6", *SMALL, "--checkpoint-dir",
+                                   str(tmp_path / "ck"), "--checkpoint-every", "2", "--fail-at", "3", "--fail-rank",
+                                   "1", "--fail-mode", "kill", "--timeout-s", "30"], env={"MAX_RESTARTS": "1"})
+    assert rc == 0, out[-3000:]
+    assert (tmp_path / "ck" / "failed-once-rank1").exists()  # the kill happened
+    assert "resumed from batch" in out
+    exposed = {a: c for a, c in seen.items() if not _loopback(a)}
+    assert not exposed, f"listening beyond loopback: {exposed}"
