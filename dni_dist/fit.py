@@ -80,8 +80,8 @@ class _Guarded:
     def _check_model(self, out, where, args):
         import torch
         if not isinstance(out, torch.nn.Module):
-            raise SpecError(f"{where} returned {type(out).__name__}; expected a torch.nn.Module whose forward(x, state) "
-                            "returns (out, state)")
+            raise SpecError(f"{where} returned {type(out).__name__}; expected a torch.nn.Module whose "
+                            "forward(x, state) returns (out, state)")
 
     def _check_optimizer(self, out, where, args):
         if out is None or not (callable(getattr(out, "step", None)) and callable(getattr(out, "zero_grad", None))
@@ -150,6 +150,12 @@ def resolve(cfg: Config) -> Config:
 
 def fit(spec: Spec, config: Config | None = None) -> Result:
     """Train ``spec`` with ``config`` (default ``Config()``); returns the model and the metrics.
+
+    An error raised in one of the spec's functions is a :class:`SpecError` naming the function
+    (the user's exception is its ``__cause__``). A failure after the training loop (the final
+    evaluation, ``--save``, a run that ended non-finite or exploded) is an
+    :class:`dni_dist.runners.common.EndOfRunError` raised after everything else was written; its
+    ``metrics`` and ``model`` are the run's.
 
     References:
         Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients", arXiv 1608.05343.

@@ -1,7 +1,6 @@
 """What every runner shares: resume and checkpoints, evaluation, progress, live metrics."""
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
