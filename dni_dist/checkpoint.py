@@ -52,7 +52,7 @@ def begin_run(directory: str, run: dict | None = None) -> str:
     """Start this process's record of the checkpoints it owns in ``directory``: a new run, or
     (resuming) the ``run`` entry of the checkpoint it continues. Returns the run id."""
     run = run if isinstance(run, dict) and isinstance(run.get("id"), str) else None
-    _runs[os.path.abspath(directory)] = {"id": run["id"] if run else uuid.uuid4().hex[:12],
+    _runs[os.path.abspath(directory)] = {"id": run["id"] if run and run["id"] else uuid.uuid4().hex[:12],
                                          "batches": [int(b) for b in run.get("batches", [])] if run else []}
     return _runs[os.path.abspath(directory)]["id"]
 
