@@ -49,6 +49,85 @@ def resolve_spec(cfg: Config) -> Spec:
     return spec
 
 
+class SpecError(RuntimeError):
+    """A function of the user's spec raised, or returned what the engine cannot use. The message
+    names the function; ``__cause__`` keeps the user's traceback."""
+
+
+class _Guarded:
+    """A spec function that names itself when it raises or returns something unusable."""
+
+    def __init__(self, fn, name: str):
+        self.fn, self.name = fn, name
+        self.first = None  # batch: (index, batch size) of the first batch seen in this process
+
+    def __call__(self, *args, **kwargs):
+        where = f"Spec.{self.name}({args[0]})" if self.name == "batch" and args else f"Spec.{self.name}"
+        try:
+            out = self.fn(*args, **kwargs)
+        except SpecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's own error, kept as the cause
+            raise SpecError(f"{where} raised {type(e).__name__}: {e}") from e
+        check = getattr(self, f"_check_{self.name}", None)
+        if check is not None:
+            check(out, where, args)
+        return out
+
+    def _check_batch(self, out, where, args):
+        import torch
+        if not isinstance(out, (tuple, list)) or not out or not torch.is_tensor(out[0]) or out[0].dim() < 1:
+            return  # the data contract's own check (spec.split_batch) names what is wrong
+        size = out[0].shape[0]
+        if self.first is None:
+            self.first = (args[0] if args else 0, size)
+        elif size != self.first[1]:
+            raise SpecError(f"{where} returned a batch of {size} sequences but Spec.batch({self.first[0]}) returned "
+                            f"{self.first[1]}: every batch must have the same number of sequences")
+
+    def _check_model(self, out, where, args):
+        import torch
+        if not isinstance(out, torch.nn.Module):
+            raise SpecError(f"{where} returned {type(out).__name__}; expected a torch.nn.Module whose "
+                            "forward(x, state) returns (out, state)")
+
+    def _check_optimizer(self, out, where, args):
+        if out is None or not (callable(getattr(out, "step", None)) and callable(getattr(out, "zero_grad", None))
+                               and callable(getattr(out, "state_dict", None))):
+            raise SpecError(f"{where} returned {type(out).__name__}; expected a torch.optim.Optimizer over the "
+                            "parameters it was given (does the function end with `return`?)")
+
+    def _check_loss(self, out, where, args):
+        import torch
+        if torch.is_grad_enabled() and torch.is_tensor(out) and not out.requires_grad:
+            raise SpecError(f"{where} returned a tensor that does not require grad, so nothing can be trained: "
+                            "compute it from the model's output with torch operations (no .item(), .detach(), "
+                            "numpy or torch.no_grad())")
+
+
+def guard(spec: Spec) -> Spec:
+    """A copy of ``spec`` whose functions name themselves in any error they raise (idempotent)."""
+    wrapped = {}
+    for name in ("model", "batch", "loss", "optimizer", "evaluate"):
+        fn = getattr(spec, name)
+        if fn is not None and not isinstance(fn, _Guarded):
+            wrapped[name] = _Guarded(fn, name)
+    return dataclasses.replace(spec, **wrapped) if wrapped else spec
+
+
+def check_device(cfg: Config) -> None:
+    """``--device cuda`` where this torch or this machine has no GPU: one line, at start."""
+    if cfg.device != "cuda":
+        return
+    import torch
+    if torch.version.cuda is None:
+        raise ValueError(f"--device cuda: this PyTorch build ({torch.__version__}) has no CUDA support; install a "
+                         "CUDA build of torch, or use --device cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to this process (check the driver and "
+                         "CUDA_VISIBLE_DEVICES), or use --device cpu")
+
+
 def under_torchrun() -> bool:
     return int(os.environ.get("RANK", -1)) != -1
 
@@ -108,6 +187,7 @@ def spec_settings(spec: Spec, values: dict) -> tuple[dict, list[str]]:
 
 def resolve(cfg: Config) -> Config:
     """Fill in what the launcher decides: the backend and the worker count under torchrun."""
+    check_device(cfg)
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if cfg.workers and cfg.workers != world:
@@ -141,6 +221,12 @@ def fit(spec: Spec, config: Config | None = None, **options) -> Result:
     not set); an option the spec ignores is a :class:`ConfigWarning`. The thread count is restored
     on return.
 
+    An error raised in one of the spec's functions is a :class:`SpecError` naming the function
+    (the user's exception is its ``__cause__``). A failure after the training loop (the final
+    evaluation, ``--save``, a run that ended non-finite or exploded) is an
+    :class:`dni_dist.runners.common.EndOfRunError` raised after everything else was written; its
+    ``metrics`` and ``model`` are the run's.
+
     References:
         Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients", arXiv 1608.05343.
     """
@@ -167,6 +253,7 @@ def fit(spec: Spec, config: Config | None = None, **options) -> Result:
 def run(spec: Spec, cfg: Config) -> Result:
     """Train ``spec`` with ``cfg`` as it is (the spec's settings already in it: see :func:`fit`)."""
     cfg = resolve(cfg)
+    spec = guard(spec)  # an error in the spec's own functions names the function
     threads = torch.get_num_threads()
     try:
         if cfg.backend == "torch":

@@ -14,13 +14,15 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 
 from .checkpoint import CheckpointError
 from .cli import build, parser, read
 from .config import Config, ConfigError, defaults
 from .engine.worker import DivergenceError
-from .fit import resolve_spec, run, under_torchrun
-from .runners.common import write_metrics
+from .files import WriteError
+from .fit import SpecError, resolve_spec, run, under_torchrun
+from .runners.common import EndOfRunError, RunFailed, write_metrics
 from .spec import load_spec
 
 
@@ -66,7 +68,20 @@ def main(argv=None, spec=None) -> int:
         if ns.compare:
             return _compare(cfg, spec)
         result = run(spec or resolve_spec(cfg), cfg)
+    except EndOfRunError as e:
+        return _end_of_run_failed(e, cfg)
+    except SpecError as e:  # the user's own code: its traceback, then which spec function raised
+        if e.__cause__ is not None:  # raised in the user's code (else: what it returned, said in one line)
+            traceback.print_exception(e.__cause__, file=sys.stderr)
+        print(f"dni_dist: error in your spec: {e}", file=sys.stderr, flush=True)
+        return 1
+    except WriteError as e:  # a full disk or an unwritable place, mid-run: one line
+        print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
+        return 1
     except (CheckpointError, ImportError, TypeError, ValueError, RuntimeError) as e:
+        if type(e).__name__ == "Stopped":  # the Ray driver got SIGTERM and stopped its actors
+            print(f"dni_dist: {e}", file=sys.stderr, flush=True)
+            return 143
         if isinstance(e, (DivergenceError, ConfigError)) \
                 or type(e) in (CheckpointError, ImportError, TypeError, ValueError):
             print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
@@ -75,8 +90,35 @@ def main(argv=None, spec=None) -> int:
     m = result.metrics
     if m is not None:
         print(summary(m, cfg), flush=True)
-        write_metrics(cfg.metrics_json, m)
+        try:
+            write_metrics(cfg.metrics_json, m)
+        except WriteError as e:
+            print(f"dni_dist: error: {e}", file=sys.stderr, flush=True)
+            return 1
     return 0
+
+
+def _end_of_run_failed(e: EndOfRunError, cfg: Config) -> int:
+    """The loop ended but something after it failed: write what can be written, then say what
+    failed (the user's traceback first when their code raised) and exit 1."""
+    message = str(e)
+    if e.metrics is not None:
+        try:
+            print(summary(e.metrics, cfg), flush=True)
+        except Exception:  # noqa: BLE001 - a summary must not hide the error
+            pass
+        try:
+            write_metrics(cfg.metrics_json, e.metrics)
+        except WriteError as w:
+            message += f"; {w}"
+    cause = e.__cause__
+    if isinstance(cause, SpecError):
+        if cause.__cause__ is not None:
+            traceback.print_exception(cause.__cause__, file=sys.stderr)
+    elif cause is not None and not isinstance(cause, (WriteError, RunFailed)):
+        traceback.print_exception(cause, file=sys.stderr)
+    print(f"dni_dist: error: {message}", file=sys.stderr, flush=True)
+    return 1
 
 
 def _compare(cfg: Config, own=None) -> int:

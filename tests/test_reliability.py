@@ -377,4 +377,8 @@ def test_mailbox_without_room_in_dev_shm_says_what_to_do(tmp_path, monkeypatch):
     tx, _, name = _ends(tmp_path)
     with pytest.raises(OSError, match=r"could not be reserved in /dev/shm.*--shm-size.*--reduce backend"):
         tx.post(torch.tensor([0, 1, 0]), torch.ones(1))
+    # an empty marker tells the receiver to continue over the backend (issue 31); the sender's close removes it
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(os.path.basename(name))] == \
+        [os.path.basename(name) + "_1.backend"]
+    tx.close()
     assert [f for f in os.listdir("/dev/shm") if f.startswith(os.path.basename(name))] == []

@@ -1,7 +1,6 @@
 """What every runner shares: resume and checkpoints, evaluation, progress, live metrics."""
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -9,33 +8,72 @@ import time
 
 import torch
 
-from ..checkpoint import CheckpointError, check_writable, clean_temporary, latest, save
+from ..checkpoint import (REUSE_ENV, CheckpointError, begin_run, check_writable, clean_temporary, foreign, latest,
+                          save)
+from ..files import RowFile, WriteError, write_json
 from ..config import Config
 from ..engine.schedule import Schedule
 from ..trainer import RunHooks
 
 
 def resume_point(cfg: Config, spec_name: str, worker) -> int:
-    """Load the latest complete checkpoint into ``worker`` when resuming; return the next batch.
-    Refuses a checkpoint of a different experiment, naming every field that differs."""
+    """Load the latest complete checkpoint of this experiment into ``worker`` when resuming;
+    return the next batch. A newer checkpoint of a different experiment is skipped with a warning;
+    if every one differs, refuses naming every field that differs."""
     if not cfg.resume:
+        if cfg.checkpoint_dir:
+            claim_fresh(cfg, spec_name)
         return 0
-    found = latest(cfg.checkpoint_dir)
+    refused = []
+
+    def accept(state: dict) -> str:
+        reason = _experiment_differs(cfg, spec_name, state) or \
+            ("" if isinstance(state.get("worker"), dict) else "it has no 'worker' entry (the model and optimizer "
+                                                               "state): not written by dni_dist's engine")
+        if reason:
+            refused.append((state["batch"], reason))
+        return reason
+
+    found = latest(cfg.checkpoint_dir, accept)
+    if found is None and refused:
+        batch, reason = refused[0]
+        raise CheckpointError(f"--resume: the checkpoint in {cfg.checkpoint_dir!r} (batch {batch}) is from a "
+                              f"different experiment: {reason}. Use another --checkpoint-dir, "
+                              "or the same options (those that may change are listed in README: Resume)")
     if found is None:
         raise CheckpointError(f"--resume: no checkpoint in {cfg.checkpoint_dir!r} (ckpt-<batch>.pt); "
                               "run without --resume to start from batch 0")
     batch, state = found
-    diffs = cfg.differences(state.get("config", {}))
-    if state.get("spec", spec_name) != spec_name:
-        diffs.insert(0, f"spec: {state.get('spec')!r} in the checkpoint, {spec_name!r} now")
-    if diffs:
-        raise CheckpointError(f"--resume: the checkpoint in {cfg.checkpoint_dir!r} (batch {batch}) is from a "
-                              "different experiment: " + "; ".join(diffs) + ". Use another --checkpoint-dir, "
-                              "or the same options (those that may change are listed in README: Resume)")
     if batch > cfg.steps:
         raise CheckpointError(f"--resume: the checkpoint is at batch {batch}, past --steps {cfg.steps}")
     worker.load_state_dict(state["worker"])
+    begin_run(cfg.checkpoint_dir, state.get("run") or {"id": "", "batches": [batch]})
     return batch
+
+
+def _experiment_differs(cfg: Config, spec_name: str, state: dict) -> str:
+    """Why ``state`` is not a checkpoint of this experiment ('' when it is)."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return "it has no 'config' entry, so it cannot be checked to be this experiment (not written by dni_dist's " \
+               "engine)"
+    diffs = cfg.differences(saved)
+    if state.get("spec", spec_name) != spec_name:
+        diffs.insert(0, f"spec: {state.get('spec')!r} in the checkpoint, {spec_name!r} now")
+    return "; ".join(diffs)
+
+
+def claim_fresh(cfg: Config, spec_name: str) -> None:
+    """A fresh run's checkpoint directory: refuse one holding another experiment's checkpoints
+    (unless DNI_DIST_REUSE_CHECKPOINT_DIR=1), and start this run's record of its own files."""
+    other = foreign(cfg.checkpoint_dir, lambda state: _experiment_differs(cfg, spec_name, state))
+    if other and os.environ.get(REUSE_ENV, "").lower() not in ("1", "true", "yes"):
+        raise CheckpointError(
+            f"--checkpoint-dir {cfg.checkpoint_dir!r} holds another experiment's checkpoints ({other}); a fresh "
+            f"run there would mix two runs' files. Use another --checkpoint-dir, --resume with that experiment's "
+            f"options, or set {REUSE_ENV}=1 to start anyway (its files are kept, never deleted, and a later "
+            "--resume skips them)")
+    begin_run(cfg.checkpoint_dir)
 
 
 def prepare_paths(cfg: Config) -> None:
@@ -47,6 +85,17 @@ def prepare_paths(cfg: Config) -> None:
                        ("--save", cfg.save)):
         if path:
             _check_file(flag, path)
+    if cfg.tensorboard:
+        _check_dir("--tensorboard", cfg.tensorboard)
+
+
+def _check_dir(flag: str, path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"{flag} {path!r}: cannot create the directory: {e.strerror or e}") from e
+    if not os.access(path, os.W_OK):
+        raise CheckpointError(f"{flag} {path!r} is not a writable directory")
 
 
 def _check_file(flag: str, path: str) -> None:
@@ -88,20 +137,31 @@ class Reporter:
             from tqdm import tqdm
             self.bar = tqdm(total=cfg.steps, initial=start, desc=self.label, unit="batch", file=sys.stderr,
                             dynamic_ncols=True, mininterval=0.5)
+        if start:
+            self.say(f"[{self.label}] resumed from batch {start} ({cfg.checkpoint_dir})")
         if cfg.metrics_csv:
-            new = start == 0 or not os.path.exists(cfg.metrics_csv)
-            self.csv = open(cfg.metrics_csv, "w" if new else "a")
-            if new:
-                self.csv.write("step,batch,loss,tokens_per_s,skill,gate\n")
-                self.csv.flush()
+            # resuming: the rows a killed run wrote past its checkpoint are cut (never repeated)
+            self.csv = RowFile(cfg.metrics_csv, "step,batch,loss,tokens_per_s,skill,gate\n", "--metrics-csv")
+            self.csv.start(self.rows if start else None)
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
                 raise ImportError("--tensorboard needs the tensorboard package: pip install 'dni_dist[tensorboard]' "
                                   "(or pip install tensorboard)") from e
-            self.tb = SummaryWriter(cfg.tensorboard)
+            try:
+                self.tb = SummaryWriter(cfg.tensorboard)
+            except OSError as e:
+                raise CheckpointError(f"--tensorboard {cfg.tensorboard!r}: cannot write there: "
+                                      f"{e.strerror or e}") from None
         self.hooks = RunHooks(cfg, spec, worker, start)  # callbacks, keep-best, early stop, MLflow
+
+    def say(self, line: str) -> None:
+        """A line on stderr that does not land on the progress bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def tokens_per_s(self) -> float:
         return (self.done - self.start) * self.tokens_per_batch / max(time.perf_counter() - self.t0, 1e-9)
@@ -113,8 +173,8 @@ class Reporter:
         while self.rows < len(w.losses):
             i, loss = self.rows, w.losses[self.rows]
             if self.csv is not None:
-                self.csv.write(f"{i},{batches_done},{loss:.6g},{tok:.1f},"
-                               f"{stats.skill if stats else ''},{stats.gate if stats else ''}\n")
+                self.csv.add(f"{i},{batches_done},{loss:.6g},{tok:.1f},"
+                             f"{stats.skill if stats else ''},{stats.gate if stats else ''}\n")
             if self.tb is not None and i % 10 == 0:
                 self.tb.add_scalar("train/loss", loss, i)
                 self.tb.add_scalar("train/tokens_per_s", tok, i)
@@ -171,18 +231,26 @@ class Reporter:
                 if k != "batch":
                     self.tb.add_scalar(f"eval/{k}", v, self.done)
         if self.cfg.progress:
-            print(f"[{self.label}] eval at batch {self.done}: " +
-                  "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "batch"), file=sys.stderr, flush=True)
+            self.say(f"[{self.label}] eval at batch {self.done}: " +
+                     "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "batch"))
         self.hooks.evaluated(row)
         return row
 
     def close(self) -> None:
+        """Close the bar, the CSV and TensorBoard; never raises (a write failure is a warning)."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
         if self.csv is not None:
             self.csv.close()
+            self.csv = None
         if self.tb is not None:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError as e:
+                import warnings
+                warnings.warn(f"dni_dist: --tensorboard {self.cfg.tensorboard!r}: {e}", RuntimeWarning)
+            self.tb = None
         self.hooks.close()
 
 
@@ -205,10 +273,9 @@ def metrics(cfg: Config, worker, wall_s: float, startup_s: float, batches: int, 
 
 
 def write_metrics(path: str, m: dict) -> None:
+    """``--metrics-json``, written atomically (a failure keeps the previous file and says why)."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(m, f)
+        write_json(path, m, "--metrics-json")
 
 
 def stream_groups(cfg: Config, spec) -> int:
@@ -235,16 +302,87 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
             maybe_checkpoint(cfg, spec.name, sched, worker)
 
 
+class EndOfRunError(RuntimeError):
+    """Something failed after the training loop (the final evaluation, ``--save``, a write, or the
+    verdict that the run diverged). Everything that could be written was; ``metrics`` and
+    ``model`` are the run's, for the caller to write and report. ``__cause__`` is the first error."""
+
+    def __init__(self, message: str, metrics: dict | None = None, model=None):
+        super().__init__(message)
+        self.metrics, self.model = metrics, model
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its metrics
+        return (EndOfRunError, (str(self), self.metrics, None))
+
+
+# A run whose final loss is this many times its own early loss has diverged (finite explosion).
+EXPLOSION_FACTOR = float(os.environ.get("DNI_DIST_EXPLOSION_FACTOR", "100"))
+
+
+def verdict(cfg: Config, worker) -> str:
+    """Why a finished run failed although no step raised ('' when it did not): its last ticks had
+    no finite chunk, or its loss grew by more than EXPLOSION_FACTOR over its early loss."""
+    recent = list(getattr(worker, "_recent", ()))
+    last = recent[-max(1, cfg.chunks // max(cfg.workers, 1)):]
+    skipped = sum(s for _, s in last)
+    if (last and skipped and not sum(r for r, _ in last)) or (not worker.losses and worker.skipped):
+        return (f"training failed: every chunk of the last {len(last)} optimizer step(s) had a non-finite loss or "
+                f"gradient ({worker.skipped} chunks skipped in all, {len(worker.losses)} steps taken); lower --lr, "
+                "set --clip, or check the data")
+    losses = worker.losses
+    positive = [v for v in losses[:10] if v > 0]  # a first chunk may have no target (loss 0)
+    if len(losses) >= 2 and positive and EXPLOSION_FACTOR > 0:
+        head = sorted(positive[:3])
+        early = min(positive[0], head[len(head) // 2])  # the first step's loss: taken before any update
+        tail = losses[-max(1, min(50, len(losses) // 10)):]
+        final = sum(tail) / len(tail)
+        if final > EXPLOSION_FACTOR * early:
+            return (f"training diverged: the loss grew from {early:.4g} at the start to {final:.4g} over the last "
+                    f"{len(tail)} step(s) (more than {EXPLOSION_FACTOR:g} times; DNI_DIST_EXPLOSION_FACTOR sets "
+                    "it); lower --lr, set --clip, or check the data")
+    return ""
+
+
 def finish(cfg: Config, worker, reporter: "Reporter | None", t0: float, startup_s: float, start: int,
            extra: dict | None = None) -> dict:
-    """Metrics of a finished run (rank 0 also evaluates once more and saves the model)."""
+    """Metrics of a finished run (rank 0 also evaluates once more and saves the model). A failure
+    here (the evaluation, ``--save``, the verdict) does not stop the rest: everything that can be
+    written is, then :class:`EndOfRunError` carries the metrics and the first error."""
     wall = time.perf_counter() - t0
-    evals = []
+    evals, errors = [], []
     if reporter is not None:
         if reporter.spec.evaluate is not None:
-            reporter.evaluate()
+            try:
+                reporter.evaluate()
+            except Exception as e:  # noqa: BLE001 - reported after the rest is written
+                errors.append(("the final evaluation", e))
         evals = reporter.evals
         reporter.close()
         if cfg.save:
-            torch.save(worker.model.state_dict(), cfg.save)
-    return metrics(cfg, worker, wall, startup_s, cfg.steps - start, {"evals": evals, **(extra or {})})
+            try:
+                from ..files import save_torch
+                save_torch(worker.model.state_dict(), cfg.save, "--save")
+            except Exception as e:  # noqa: BLE001
+                errors.append(("--save", e))
+        why = verdict(cfg, worker)
+        if why:
+            errors.append(("the run", RunFailed(why)))
+    m = metrics(cfg, worker, wall, startup_s, cfg.steps - start, {"evals": evals, **(extra or {})})
+    if errors:
+        m["error"] = "; ".join(_line(what, e) for what, e in errors)
+        err = EndOfRunError(m["error"], m, worker.model)
+        raise err from errors[0][1]
+    return m
+
+
+class RunFailed(RuntimeError):
+    """The run ended, but its losses say it failed (non-finite or exploded)."""
+
+
+def _line(what: str, e: BaseException) -> str:
+    if isinstance(e, (RunFailed, WriteError)):
+        return str(e)
+    if type(e).__name__ == "SpecError":  # names the spec function itself
+        return f"{what} failed: {e}"
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{what} failed: {type(e).__name__}: {text}"

@@ -83,8 +83,12 @@ def init_from_env(cfg: Config) -> tuple[int, int]:
     # every attempt gets a store prefix of its own.
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=(rank == 0 and not agent_store), timeout=timeout)
+    host, master = os.environ["MASTER_ADDR"], rank == 0 and not agent_store
+    listen = {}
+    if master and host in ("127.0.0.1", "localhost"):  # TCPStore alone would bind every interface
+        from ..torchrun_local import loopback_listener
+        listen["master_listen_fd"] = loopback_listener(int(os.environ["MASTER_PORT"]))
+    store = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), world, is_master=master, timeout=timeout, **listen)
     dist.init_process_group(backend, store=dist.PrefixStore(f"dni_dist/attempt{attempt}", store),
                             rank=rank, world_size=world, timeout=timeout)
     return rank, world

@@ -31,6 +31,15 @@ from .shm import poll
 
 SLOTS = 16  # as many messages in flight per direction as the gloo path allows
 MOVED = -1  # a header's first value: the ring continues in the next file
+BACKEND = -2  # a header's first value: no room for a ring; this direction continues over the backend
+
+
+class UseBackend(OSError):
+    """/dev/shm has no room for this direction's ring: the sender has told the receiver, and both
+    send this direction's messages with the backend from now on (as the sum falls back)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class Mailbox:
@@ -59,7 +68,10 @@ class Mailbox:
         raw = payload.detach().reshape(-1).view(torch.uint8)
         if self.ctrl is None or raw.numel() > self.capacity:
             old = (self.ctrl, self.count)
-            self._create(max(raw.numel(), 2 * self.capacity))
+            try:
+                self._create(max(raw.numel(), 2 * self.capacity))
+            except OSError as e:
+                self._fall_back(old, e)
             if old[0] is not None:  # tell the receiver, in order, to follow into the new file
                 self._write(old[0], old[1], torch.tensor([MOVED] + [0] * (self.header_len - 1)), None)
         self._write(self.ctrl, self.count, header, raw)
@@ -95,13 +107,29 @@ class Mailbox:
         self._made.append(path)
         self.count = 0
 
+    def _fall_back(self, old: tuple, e: OSError) -> None:
+        """No room in /dev/shm: tell the receiver, in order, that the messages continue over the
+        backend (in the old ring, or by an empty marker file where the next ring would be)."""
+        if old[0] is not None:
+            self._write(old[0], old[1], torch.tensor([BACKEND] + [0] * (self.header_len - 1)), None)
+        else:
+            marker = f"{self.name}_{self.gen}.backend"
+            os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._made.append(marker)
+        self.ctrl = self.data = None
+        raise UseBackend(e.errno, e.strerror or str(e)) from None
+
     # -- receiver
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next message: its header and its payload bytes, as many as were posted (copies)."""
         while True:
             if self.ctrl is None:
                 path = f"{self.name}_{self.gen + 1}"
-                self._wait(lambda: os.path.exists(path), f"the first message from {self.what}")
+                self._wait(lambda: os.path.exists(path) or os.path.exists(path + ".backend"),
+                           f"the first message from {self.what}")
+                if not os.path.exists(path):
+                    os.unlink(path + ".backend")
+                    raise UseBackend(28, f"{self.what} found no room for a message ring in /dev/shm")
                 self._open(path)
             n = self.count
             slot = n % SLOTS
@@ -113,6 +141,10 @@ class Mailbox:
                 ctrl[1] = n + 1
                 self.ctrl = None
                 continue
+            if int(header[0]) == BACKEND:
+                ctrl[1] = n + 1
+                self.ctrl = self.data = None
+                raise UseBackend(28, f"{self.what} found no room for a larger message ring in /dev/shm")
             raw = self.data[slot, :int(ctrl[base + 1])].clone()
             self.count += 1
             ctrl[1] = n + 1  # frees the slot

@@ -111,6 +111,7 @@ class TorchDistTransport:
         # sums in shared memory on x86: their barrier (shm's flags) and the messages (.mailbox) too
         self.shm_sync = self.slots is not None and shm.ordered_stores()
         self._boxes: dict = {}
+        self._over_backend: set = set()  # (src, dst) directions whose ring found no room in /dev/shm
 
     def _shared_slots(self, reduce: str):
         """Shared-memory slots when ``reduce`` asks for them and every worker can map them."""
@@ -196,12 +197,14 @@ class TorchDistTransport:
         parts = [t.detach().reshape(-1) for t in tensors]
         payload = torch.cat(parts + [parts[0].new_full((1,), SENTINEL)]).to(self.device)
         h = _encode(header).to(self.device)
-        if self.shm_sync:
+        if self.shm_sync and (self.rank, dst) not in self._over_backend:
             try:
                 self._box(self.rank, dst).post(h, payload)
+                return
             except (TimeoutError, ConnectionError) as e:
                 raise type(e)(f"worker {self.rank}: {e}") from None
-            return
+            except mailbox.UseBackend as e:  # as the sum does: go on over the backend, with a warning
+                self._use_backend(self.rank, dst, e)
         for buf in (h, payload):  # the buffer stays referenced until its send completes
             self._pending.append((dist.isend(buf, dst, group=group), buf))
         while len(self._pending) > 16:  # bound the sends in flight
@@ -211,12 +214,14 @@ class TorchDistTransport:
     def recv(self, src: int, expected: Message) -> list:
         group = self.group
         raw = None
-        if self.shm_sync:
+        if self.shm_sync and (src, self.rank) not in self._over_backend:
             try:
                 h, raw = self._box(src, self.rank).take()
             except (TimeoutError, ConnectionError) as e:
                 raise type(e)(f"worker {self.rank}: waiting for {expected.describe()}: {e}") from None
-        else:
+            except mailbox.UseBackend as e:
+                self._use_backend(src, self.rank, e)
+        if raw is None:
             h = torch.empty(HEADER, dtype=torch.int64, device=self.device)
             self._wait(dist.irecv(h, src, group=group), f"the header of {expected.describe()} from worker {src}", src)
         got, declared = _decode(h.cpu())
@@ -242,6 +247,15 @@ class TorchDistTransport:
             out.append(payload[start:start + n].view(s))
             start += n
         return out
+
+    def _use_backend(self, src: int, dst: int, e: OSError) -> None:
+        """Messages from ``src`` to ``dst`` continue over the backend (no room in /dev/shm)."""
+        if self.reduce == "shared-memory":
+            raise ValueError(f"--reduce shared-memory: {e}; give the host (or container: docker run --shm-size) "
+                             "more shared memory, or use --reduce auto or backend") from None
+        self._over_backend.add((src, dst))
+        if src == self.rank:
+            warnings.warn(f"dni_dist: {e}; sending to worker {dst} with the backend instead", RuntimeWarning)
 
     def all_reduce_sum(self, flat: torch.Tensor) -> torch.Tensor:
         return self.finish(self.start_all_reduce(flat))
