@@ -26,6 +26,7 @@ import sys
 import torch
 
 from . import targets as tg
+from .files import save_torch
 from .config import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,17 +79,6 @@ def optimizer_steps(cfg, spec, worker) -> int:
                       synth.train_every if synth else 1):
         busy += sum(1 for t in range(s.ticks) if any(s.action(w, t) is not None for w in range(s.workers)))
     return busy // cfg.grad_accum
-
-
-def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary name, fsync, then rename: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -237,7 +227,7 @@ class RunHooks:
             state = {"model": w.model.state_dict(), "metric": self.cfg.keep_best, "value": value, "batch": done}
             if w.synth is not None:
                 state["synth"] = w.synth.state_dict()
-            atomic_save(state, self.best_path)
+            save_torch(state, self.best_path, "--keep-best")
         else:
             self.bad_evals += 1
             if self.cfg.early_stop and self.bad_evals >= self.cfg.early_stop and done < self.cfg.steps \
