@@ -64,10 +64,13 @@ def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
         return ChunkResult(float("nan"), end, None, skipped=True)
     loss, vjp, g = graph.loss, None, None
     if inject:
-        g = synth.synthetic_gradient(graph.end)
-        if graph.need_delta and synth.discount != 1.0 and synth.injection_scale() > 0:  # g == 0: J^T g == 0
-            vjp = (graph.end, graph.start, g, synth.discount)
-        loss = loss + tg.surrogate(graph.end, g)
+        g = synth.inject(graph.end)  # None while the synthesizer's gate reads shut: J^T 0 == 0, nothing to do
+        if g is not None:
+            if graph.need_delta and synth.discount != 1.0:
+                vjp = (graph.end, graph.start, g, synth.discount)
+            loss = loss + tg.surrogate(graph.end, g)
+        elif synth.lookahead == 2:  # a two-step target takes what was injected: zeros
+            g = tg.like([torch.zeros_like(t) for t in tg.as_tuple(graph.end)], graph.end)
     loss.backward(retain_graph=vjp is not None)
     delta = None
     if graph.need_delta:
