@@ -258,12 +258,12 @@ class Worker:
     def synth_grads(self) -> torch.Tensor:
         """The synthesizer's part of this tick's buffer: its regression gradients and evidence.
         Hands the buffer out: the next tick writes the other one."""
-        ev = torch.zeros(EVIDENCE, dtype=torch.float64)
         bounds, targets = self._regression_targets()
-        if bounds:
-            ev = self.synth.accumulate(bounds, targets)
         buf = self._bufs[self._cur]
-        buf[-EVIDENCE:] = ev.to(buf.dtype)
+        if bounds:
+            buf[-EVIDENCE:] = self.synth.accumulate(bounds, targets).to(buf.dtype)
+        else:
+            buf[-EVIDENCE:].zero_()
         self._cur ^= 1
         return buf[self._split:]
 
@@ -331,11 +331,12 @@ class Worker:
 
     def apply_model(self, total: torch.Tensor) -> None:
         """Step the model on its summed part of the buffer (gradients and scalars)."""
-        loss, ran, skipped = total[-SCALARS:].tolist()
         grads = total[:self._n_model]
         if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
             grads.div_(self.cfg.workers)
-        if ran > 0 and not _finite(grads):
+        # one read a tick: the scalars and whether the gradient is finite (a finite sum proves it)
+        loss, ran, skipped, finite = torch.cat([total[-SCALARS:], torch.isfinite(grads.sum()).reshape(1)]).tolist()
+        if ran > 0 and not (finite or _finite(grads)):
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
         self._bind_part(self.params, grads)
         if ran > 0:
@@ -353,7 +354,7 @@ class Worker:
         if self.synth is None:
             return
         self._bind_part(self.sparams, total)
-        self.synth.finish_update(total[-EVIDENCE:].double().cpu())
+        self.synth.finish_update(total[-EVIDENCE:])  # on the device: no copy to the host
         self._bind_part(self.sparams, self._bufs[self._cur][self._split:])
 
     def _check_divergence(self, ran: int, skipped: int) -> None:
