@@ -120,11 +120,9 @@ def test_an_engine_tick_reads_nothing_after_the_warmup(kind, workers, monkeypatc
         _, m = debug.run(cfg, spec)
     assert m["synth"]["updates"] > 10
     measured = len(ticks) - 12
-    # the model's side still reads per tick: the chunk's loss (to skip a non-finite one before its
-    # backward) and the summed scalars with the gradient's finiteness (to skip its optimizer step);
-    # docs in the notes (issue 28 goal 1, engine). Everything the synthesizer does reads nothing.
-    model_side = {k: v for k, v in unscheduled(sites).items()
-                  if " chunk_backward " in k or " apply_model " in k}
-    assert unscheduled(sites) == model_side, sites
-    assert all(v <= measured for v in model_side.values()), sites
-    assert sum(sites.values()) - sum(model_side.values()) <= measured // 4 + 1
+    # one scheduled read each: the gate (every gate_check_every injections of a worker) and the
+    # divergence window (every min(16, divergence_window) ticks); nothing else
+    divergence = {k: v for k, v in sites.items() if " _check_divergence " in k}
+    assert {k: v for k, v in unscheduled(sites).items() if k not in divergence} == {}, sites
+    assert sum(divergence.values()) <= workers * (measured // 4 + 1)
+    assert sum(sites.values()) - sum(divergence.values()) <= workers * (measured // 4 + 1)
