@@ -158,7 +158,7 @@ class SeedAPI:
                 if target is not None and p.delta is not None:
                     p.one_step, self._waiting = target, p
                     continue
-            if target is not None:
+            if target is not None and self.keep_cut():
                 bounds.append(p.state)
                 tars.append(target)
         if not bounds:  # an update on nothing changes nothing

@@ -68,6 +68,10 @@ class SynthOptions:
             the prediction, the injection and the ``J^T g`` pass (the regression goes on: it is
             the evidence the gate reopens on). So the gate opens up to m injections after its
             evidence says so, and closes at once (what is injected is scaled on the device).
+        shut_train_every: k >= 1. While the gate reads shut after its warm-up, regress on one cut
+            in k (the rest are not trained): the gate reopens on evidence from fewer targets, and a
+            shut gate costs little more than TBPTT. 1 (default): every cut, as before. One-step
+            targets only (``lookahead=1``).
         lookahead_weight: w in [0, 1] (``lookahead=2`` only); below 1 it mixes in the one-step
             target, the two-step case of a lambda-return.
         train_every: m >= 1. Train the synthesizer on one cut in m (counted over the run); every
@@ -87,6 +91,7 @@ class SynthOptions:
     gate_tolerance: float = 2.0
     gate_warmup: int = 100
     gate_check_every: int = 16
+    shut_train_every: int = 1
     lookahead_weight: float = 1.0
     train_every: int = 1
     orthogonal: bool = False
@@ -112,6 +117,7 @@ class SynthOptions:
         number("gate_tolerance", lambda v: v >= 1.0, "a finite number >= 1")
         count("gate_warmup", 0, "an int >= 0 (updates)")
         count("gate_check_every", 1, "an int >= 1 (injections between two reads of the gate)")
+        count("shut_train_every", 1, "an int >= 1 (cuts per trained cut while the gate is shut)")
         number("lookahead_weight", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
         count("train_every", 1, "an int >= 1 (train on one cut in m)")
         for name in ("use_improvement", "centre", "normalize", "orthogonal"):
@@ -185,6 +191,9 @@ class Synthesizer(SeedAPI, nn.Module):
         super().__init__()
         opts = _options(options, more)
         _check_everyday(size, is_lstm, num_layers, lr, factor, discount, lookahead, gate)
+        if opts.shut_train_every > 1 and lookahead == 2:
+            raise ValueError(f"Synthesizer(shut_train_every={opts.shut_train_every}, lookahead=2): a two-step target "
+                             "needs the next cut's one-step target; use shut_train_every=1 with lookahead=2")
         if opts.train_every > 1 and lookahead == 2:
             raise ValueError(f"Synthesizer(train_every={opts.train_every}, lookahead=2): a two-step target needs the "
                              "next cut's one-step target, so every cut must be trained; use train_every=1 with "
@@ -201,14 +210,15 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("fit", torch.zeros(3))
         if self.gate_warmup:  # updates of evidence so far
             self.register_buffer("fit_count", torch.zeros(()))
-        # the host's gate clock, [injections so far, open at the last read]: saved with the state
+        # the host's gate clock, [injections so far, open at the last read, warmed up at the last read,
+        # cuts seen while it read shut after the warm-up]: saved with the state
         # (written at save time from the host, read back once after a load) so a resumed run reads
         # the gate at the same injections as an uninterrupted one
-        self.register_buffer("gate_clock", torch.zeros(2, dtype=torch.int64))
+        self.register_buffer("gate_clock", torch.zeros(4, dtype=torch.int64))
         # counters and the last update's loss/energy on the device (not saved; see SynthStats)
         self.register_buffer("_counts", torch.zeros(4, dtype=torch.int64), persistent=False)
         self.register_buffer("_last", torch.full((2,), float("nan")), persistent=False)
-        self._clock: list[int] | None = [0, 0]  # host copy of gate_clock (None: read it first)
+        self._clock: list[int] | None = [0, 0, 0, 0]  # host copy of gate_clock (None: read it first)
         self._host = {"targets": 0, "zero_targets": 0, "dropped_ends": 0}
         self._reported = [0] * 4  # counters already warned about
         self.net: nn.Sequential | None = None
@@ -302,7 +312,7 @@ class Synthesizer(SeedAPI, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "gate_clock" not in state_dict and prefix + "fit" in state_dict:
-            state_dict[prefix + "gate_clock"] = torch.zeros(2, dtype=torch.int64)  # saved before the clock: read at once
+            state_dict[prefix + "gate_clock"] = torch.zeros(4, dtype=torch.int64)  # saved before the clock: read at once
         self._clock = None  # read from the loaded buffer when first needed (one read after a load)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -336,10 +346,12 @@ class Synthesizer(SeedAPI, nn.Module):
             return self.factor
         pd, pp = self.fit[0].double(), self.fit[1].double()
         gate = (self.gate_tolerance * pd / pp).clamp(0.0, 1.0)
-        open_ = pp > 0
-        if self.gate_warmup:
-            open_ = open_ & (self.fit_count >= self.gate_warmup)
-        return torch.where(open_, gate, 0.0) * self.factor
+        return torch.where((pp > 0) & self._warmed(), gate, 0.0) * self.factor
+
+    def _warmed(self) -> torch.Tensor:
+        if not self.gate_warmup:
+            return torch.ones((), dtype=torch.bool, device=self.fit.device)
+        return self.fit_count >= self.gate_warmup
 
     def injection_scale(self) -> float:
         """What an injection is scaled by now (``factor`` times the gate). Reads it from the device."""
@@ -361,10 +373,21 @@ class Synthesizer(SeedAPI, nn.Module):
         if not self.gate:
             return self.factor > 0
         clock = self._clock_now()
-        if clock[0] % self.gate_check_every == 0:
-            clock[1] = int(bool(self._scale() > 0))  # the scheduled read
+        if clock[0] % self.gate_check_every == 0:  # the scheduled read
+            clock[1], clock[2] = (int(v) for v in torch.stack([self._scale() > 0, self._warmed()]).tolist())
         clock[0] += 1
         return bool(clock[1])
+
+    def keep_cut(self) -> bool:
+        """Whether a cut whose target is known now is regressed on (the host's view, no read): every
+        cut, except one in ``shut_train_every`` while the gate reads shut after its warm-up."""
+        if self.shut_train_every == 1 or not self.gate:
+            return True
+        clock = self._clock_now()
+        if clock[1] or not clock[2]:
+            return True
+        clock[3] += 1
+        return (clock[3] - 1) % self.shut_train_every == 0
 
     def inject(self, state: State) -> State | None:
         """The synthetic gradient to inject at ``state``, or None while the gate reads shut."""

@@ -85,6 +85,28 @@ def test_a_checkpoint_saved_before_the_gate_clock_loads():
     s = Synthesizer(4, is_lstm=False, num_layers=1)
     old = {k: v for k, v in s.state_dict().items() if k != "gate_clock"}
     assert set(old) == {"target_ms", "fit", "fit_count", "net.0.weight", "net.0.bias"}
+    assert s.state_dict()["gate_clock"].shape == (4,)
     t = Synthesizer(4, is_lstm=False, num_layers=1)
     t.load_state_dict(old)
     assert t.gate_open() is False
+
+
+def test_a_shut_gate_trains_one_cut_in_k_after_its_warmup():
+    """shut_train_every=3 with a gate that stays shut (factor 0): the warm-up's cuts are all trained,
+    then one in three; nothing is predicted or injected while shut."""
+    torch.manual_seed(0)
+    rnn = nn.GRU(3, 4, batch_first=True)
+    synth = Synthesizer.for_rnn(rnn, factor=0.0, gate_warmup=4, gate_check_every=1, shut_train_every=3)
+    predicted = []
+    synth.synthetic_gradient = lambda s: predicted.append(1)
+    h = None
+    for c in range(25):
+        out, h = rnn(torch.randn(2, 2, 3), h)
+        loss = out.pow(2).mean()
+        h = synth.backward_synthetic(h, loss)
+        loss.backward()
+        synth.step()
+    # 24 resolved cuts: 5 before the host reads the warm-up as over, then 1 in 3 of the other 19
+    assert synth.stats.targets == 5 + 7 and predicted == []
+    with pytest.raises(ValueError, match="shut_train_every=2, lookahead=2"):
+        Synthesizer(shut_train_every=2, lookahead=2)

@@ -315,6 +315,8 @@ class Worker:
         self._arrived = []
         a, s = self._action, self.schedule
         for start, res, rerun in self._targets:
+            if not self.synth.keep_cut():  # the gate reads shut: one cut in shut_train_every is trained
+                continue
             self.n_targets += 1
             self.n_jtg_passes += res.vjp is not None
             one = chunk_target(res)
