@@ -131,7 +131,8 @@ def main():
             pairs.append({"tbptt": tb, "dni": dn, "ratio": dn["ms_per_chunk"] / tb["ms_per_chunk"]})
             parts = ", ".join(f"{k} {v:.2f}" for k, v in dn["parts_ms_per_chunk"].items())
             print(f"{name}: TBPTT {tb['ms_per_chunk']:.2f} ms/chunk, DNI {dn['ms_per_chunk']:.2f} "
-                  f"({pairs[-1]['ratio']:.2f}x, gate at end {dn['gate_at_end']:.3f}); DNI parts (ms/chunk): {parts}", flush=True)
+                  f"({pairs[-1]['ratio']:.2f}x, gate at end {dn['gate_at_end']:.3f}); DNI parts (ms/chunk): {parts}",
+                  flush=True)
         rows[name] = dict(sorted(pairs, key=lambda r: r["ratio"])[(len(pairs) - 1) // 2])
         rows[name]["ratios"] = [r["ratio"] for r in pairs]
         if len(pairs) > 1:

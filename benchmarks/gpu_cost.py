@@ -78,8 +78,8 @@ def seed_loop(mode: str, device: str, p: dict, seconds: float | None = None) -> 
     torch.manual_seed(0)
     corpus = CharCorpus(load_corpus("shakespeare"))
     H, T, B = p["hidden"], p["T"], p["batch"]
-    emb, rnn, head = (nn.Embedding(corpus.vocab, p["emb"]).to(device), nn.LSTM(p["emb"], H, batch_first=True).to(device),
-                      nn.Linear(H, corpus.vocab).to(device))
+    emb = nn.Embedding(corpus.vocab, p["emb"]).to(device)
+    rnn, head = nn.LSTM(p["emb"], H, batch_first=True).to(device), nn.Linear(H, corpus.vocab).to(device)
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
     synth = Synthesizer() if mode == "dni" else None
@@ -185,8 +185,9 @@ def main() -> int:
               "(whole run, warm-up included)", flush=True)
     for mode in ("tbptt", "dni"):
         r = shared(mode, device, args.smoke, args.jobs, p["shared_s"])
-        print(f"seed API, {args.jobs} jobs sharing the device | {mode} | {1000 * r['seconds'] / max(r['updates'], 1):.2f} "
-              f"(wall per update, all jobs) | - | {r['updates']} updates in {r['seconds']:.0f} s", flush=True)
+        per = 1000 * r["seconds"] / max(r["updates"], 1)
+        print(f"seed API, {args.jobs} jobs sharing the device | {mode} | {per:.2f} (wall per update, all jobs) | - | "
+              f"{r['updates']} updates in {r['seconds']:.0f} s", flush=True)
     return 0
 
 

@@ -312,7 +312,8 @@ class Synthesizer(SeedAPI, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "gate_clock" not in state_dict and prefix + "fit" in state_dict:
-            state_dict[prefix + "gate_clock"] = torch.zeros(4, dtype=torch.int64)  # saved before the clock: read at once
+            # saved before the clock existed: zeros, read at the next injection
+            state_dict[prefix + "gate_clock"] = torch.zeros(4, dtype=torch.int64)
         self._clock = None  # read from the loaded buffer when first needed (one read after a load)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
