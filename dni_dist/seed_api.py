@@ -28,6 +28,7 @@ class _Pending:
     delta: State | None = None      # lookahead=2: kept while waiting for the next cut's target
     one_step: State | None = None   # lookahead=2: its one-step target (used if no next target comes)
     end: bool = False               # returned by the last call before step(): dropped if nothing follows it
+    index: int = 0                  # the clock's count at the chunk that ended at this cut (Synthesizer.keep_cut)
 
 
 class SeedAPI:
@@ -90,6 +91,8 @@ class SeedAPI:
         self._resolve(upto=self._calls - 2)  # boundaries whose next chunk has been backpropagated
         if loss is not None:
             loss.add_(self._probe_for(loss))  # + 0: tells the next call (or step) that loss.backward() ran after this
+        index = self.ticks()  # this chunk's place on the gate's clock
+        self.tick()
         if last:
             return tg.detach_requires_grad(hn)
         g = self.inject(hn)  # None while the gate reads shut: nothing to predict, inject or take J^T of
@@ -107,7 +110,7 @@ class SeedAPI:
         out = tg.detach_requires_grad(hn)
         self._cuts += 1
         if (self._cuts - 1) % self.train_every == 0:  # train_every > 1: the other cuts are not trained
-            self._pending.append(_Pending(self._calls, out))
+            self._pending.append(_Pending(self._calls, out, index=index))
         return out
 
     def _probe_for(self, loss: torch.Tensor) -> torch.Tensor:
@@ -158,7 +161,7 @@ class SeedAPI:
                 if target is not None and p.delta is not None:
                     p.one_step, self._waiting = target, p
                     continue
-            if target is not None and self.keep_cut():
+            if target is not None and self.keep_cut(p.index):
                 bounds.append(p.state)
                 tars.append(target)
         if not bounds:  # an update on nothing changes nothing

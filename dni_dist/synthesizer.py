@@ -64,10 +64,11 @@ class SynthOptions:
             default) the largest scale up to 1 never worse than plain TBPTT by that measure.
         gate_warmup: n >= 0 updates of evidence before the gate may open at all (0: off).
         gate_check_every: m >= 1. The gate lives on the device; the host reads whether it is open
-            once every m injections (the only read of an update) and, while it reads shut, skips
-            the prediction, the injection and the ``J^T g`` pass (the regression goes on: it is
-            the evidence the gate reopens on). So the gate opens up to m injections after its
-            evidence says so, and closes at once (what is injected is scaled on the device).
+            once every m chunks (``backward_synthetic`` calls; engine ticks), the only read of an
+            update, and, while it reads shut, skips the prediction, the injection and the ``J^T g``
+            pass (the regression goes on: it is the evidence the gate reopens on). So the gate opens
+            up to m chunks after its evidence says so, and closes at once (what is injected is scaled
+            on the device). 1: read every chunk (the gate's math before issue 28, bit for bit).
         shut_train_every: k >= 1. While the gate reads shut after its warm-up, regress on one cut
             in k (the rest are not trained): the gate reopens on evidence from fewer targets, and a
             shut gate costs little more than TBPTT. 1 (default): every cut, as before. One-step
@@ -210,15 +211,14 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("fit", torch.zeros(3))
         if self.gate_warmup:  # updates of evidence so far
             self.register_buffer("fit_count", torch.zeros(()))
-        # the host's gate clock, [injections so far, open at the last read, warmed up at the last read,
-        # cuts seen while it read shut after the warm-up]: saved with the state
+        # the host's gate clock, [ticks so far, open at the last read, warmed up at the last read]: saved with the state
         # (written at save time from the host, read back once after a load) so a resumed run reads
         # the gate at the same injections as an uninterrupted one
-        self.register_buffer("gate_clock", torch.zeros(4, dtype=torch.int64))
+        self.register_buffer("gate_clock", torch.zeros(3, dtype=torch.int64))
         # counters and the last update's loss/energy on the device (not saved; see SynthStats)
         self.register_buffer("_counts", torch.zeros(4, dtype=torch.int64), persistent=False)
         self.register_buffer("_last", torch.full((2,), float("nan")), persistent=False)
-        self._clock: list[int] | None = [0, 0, 0, 0]  # host copy of gate_clock (None: read it first)
+        self._clock: list[int] | None = [0, 0, 0]  # host copy of gate_clock (None: read it first)
         self._host = {"targets": 0, "zero_targets": 0, "dropped_ends": 0}
         self._reported = [0] * 4  # counters already warned about
         self.net: nn.Sequential | None = None
@@ -313,7 +313,7 @@ class Synthesizer(SeedAPI, nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "gate_clock" not in state_dict and prefix + "fit" in state_dict:
             # saved before the clock existed: zeros, read at the next injection
-            state_dict[prefix + "gate_clock"] = torch.zeros(4, dtype=torch.int64)
+            state_dict[prefix + "gate_clock"] = torch.zeros(3, dtype=torch.int64)
         self._clock = None  # read from the loaded buffer when first needed (one read after a load)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -367,28 +367,37 @@ class Synthesizer(SeedAPI, nn.Module):
             self._clock = [int(v) for v in self.gate_clock.tolist()]  # once after a load
         return self._clock
 
-    def gate_open(self) -> bool:
-        """The host's view of the gate, for one injection: read from the device every
-        ``gate_check_every`` injections (the first included), held in between. False: this
-        injection is skipped (nothing predicted, nothing injected, no ``J^T g`` pass)."""
-        if not self.gate:
-            return self.factor > 0
+    def tick(self) -> None:
+        """Advance the gate's clock by one chunk: once per ``backward_synthetic`` call (the seed API) or
+        per engine tick on every worker, before the chunk's injection. Every ``gate_check_every``
+        ticks (the first included) the host reads the device's gate (whether it is open, and whether
+        its warm-up is over) and holds it until the next read. Counted in ticks, not injections, so
+        that the engine's replicas read at the same ticks, hold the same view, and a checkpoint of
+        one of them resumes them all exactly."""
         clock = self._clock_now()
-        if clock[0] % self.gate_check_every == 0:  # the scheduled read
+        if self.gate and clock[0] % self.gate_check_every == 0:  # the scheduled read
             clock[1], clock[2] = (int(v) for v in torch.stack([self._scale() > 0, self._warmed()]).tolist())
         clock[0] += 1
-        return bool(clock[1])
 
-    def keep_cut(self) -> bool:
-        """Whether a cut whose target is known now is regressed on (the host's view, no read): every
-        cut, except one in ``shut_train_every`` while the gate reads shut after its warm-up."""
+    def ticks(self) -> int:
+        """Ticks so far (see :meth:`tick`)."""
+        return self._clock_now()[0]
+
+    def gate_open(self) -> bool:
+        """The host's view of the gate (no read): False while the last scheduled read found it shut,
+        and then an injection is skipped (nothing predicted, nothing injected, no ``J^T g`` pass)."""
+        if not self.gate:
+            return self.factor > 0
+        return bool(self._clock_now()[1])
+
+    def keep_cut(self, index: int) -> bool:
+        """Whether the cut after chunk ``index`` (the chunk's place in the run: the seed API counts
+        calls, the engine ``batch * chunks + chunk``) is regressed on: every cut, except one in
+        ``shut_train_every`` while the gate reads shut after its warm-up (the host's view, no read)."""
         if self.shut_train_every == 1 or not self.gate:
             return True
         clock = self._clock_now()
-        if clock[1] or not clock[2]:
-            return True
-        clock[3] += 1
-        return (clock[3] - 1) % self.shut_train_every == 0
+        return bool(clock[1]) or not clock[2] or index % self.shut_train_every == 0
 
     def inject(self, state: State) -> State | None:
         """The synthetic gradient to inject at ``state``, or None while the gate reads shut."""

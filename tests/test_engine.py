@@ -19,7 +19,8 @@ from dni_dist.runners import debug
 
 import user_spec
 
-NOW = {"gate_warmup": 0}  # the default warm-up (100 updates) would keep the gate shut in these few batches
+NOW = {"gate_warmup": 0, "gate_check_every": 1}  # the gate open from the start and read every chunk:
+# the default warm-up (100 updates) and read (every 16 chunks) would keep it shut in these few batches
 SMALL = dict(steps=5, chunks=4, batch=4, hidden=8, progress=False, delay=3, truncation=3, synth_lr=1e-2,
              synth_options=json.dumps(NOW))
 

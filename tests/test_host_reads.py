@@ -23,7 +23,7 @@ from dni_dist.fit import resolve_spec
 from dni_dist.runners import debug
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
-SCHEDULED = "gate_open"  # the one read allowed: the gate, every gate_check_every injections
+SCHEDULED = "tick"  # the one read allowed: the gate, every gate_check_every chunks (ticks)
 
 
 @contextlib.contextmanager
@@ -84,7 +84,7 @@ def test_a_seed_api_update_reads_nothing_after_the_warmup(kind):
             if c % 4 == 3:
                 synth.step()
     assert unscheduled(sites) == {}, sites
-    assert sum(sites.values()) == 32 // check  # injections 8..39: reads at 8, 16, 24, 32
+    assert sum(sites.values()) == 32 // check  # calls 8..39: reads at 8, 16, 24, 32
     assert synth.stats.updates >= 30 and synth.stats.gate > 0  # it trained, and the gate opened
 
 

@@ -305,20 +305,25 @@ def test_the_gate_and_scale_follow_loads_and_moves():
 
 
 def test_the_gate_is_read_on_a_schedule_and_the_schedule_is_checkpointed():
-    """gate_check_every=m: the host reads the device's gate at injections 0, m, 2m, ... and holds
-    it in between; a state saved mid-way resumes reading at the same injections."""
+    """gate_check_every=m: the host reads the device's gate at ticks 0, m, 2m, ... and holds it in
+    between; a state saved mid-way resumes reading at the same ticks with the same view."""
     s = Synthesizer(4, is_lstm=False, num_layers=1, gate_warmup=0, gate_check_every=3)
     s.target_ms.fill_(1.0)
     seen = []
     for i in range(7):
         if i == 1:  # the evidence opens the gate on the device after the first read
             s.fit.copy_(torch.tensor([0.3, 0.4, 1.0]))
+        s.tick()
         seen.append(s.gate_open())
     assert seen == [False, False, False, True, True, True, True]
     t = Synthesizer(4, is_lstm=False, num_layers=1, gate_warmup=0, gate_check_every=3)
     t.load_state_dict(s.state_dict())
-    t.fit.zero_()  # shut on the device: read again at injection 9, not before
-    assert [t.gate_open() for _ in range(3)] == [True, True, False]
+    t.fit.zero_()  # shut on the device: read again at tick 9, not before
+    views = []
+    for _ in range(3):
+        t.tick()
+        views.append(t.gate_open())
+    assert views == [True, True, False]
 
 
 def test_gate_warmup_keeps_the_gate_shut_until_enough_evidence():

@@ -164,6 +164,7 @@ class Worker:
     def begin(self, schedule: Schedule) -> None:
         """Start a segment (the pipeline is empty between segments: nothing is in flight)."""
         self.schedule = schedule
+        self._tick = -1  # this segment's tick (forward runs once a tick, idle or not)
         self._received.clear()
         self._waiting.clear()  # none left: a segment ends with an idle tick that completes the last
 
@@ -208,6 +209,7 @@ class Worker:
 
     def forward(self, a: Action | None, poison: bool = False) -> list[Send]:
         """Run the chunk's forward pass; returns the states to send on at once."""
+        self._tick += 1
         self.idle()
         self._action, self._graph = a, None
         if a is None:
@@ -251,6 +253,8 @@ class Worker:
         the sum over workers in the all-reduce is the same sum of regression terms.
         """
         a, s = self._action, self.schedule
+        if self.synth is not None and any(s.action(w, self._tick) for w in range(s.workers)):
+            self.synth.tick()  # every worker, idle or not, at every tick where one runs: the replicas read together
         if a is None:
             return
         streaming_end = bool(s.stream_groups) and a.chunk == s.chunks - 1
@@ -315,8 +319,8 @@ class Worker:
         self._arrived = []
         a, s = self._action, self.schedule
         for start, res, rerun in self._targets:
-            if not self.synth.keep_cut():  # the gate reads shut: one cut in shut_train_every is trained
-                continue
+            if not self.synth.keep_cut(a.batch * s.chunks + a.chunk - 1):  # the cut's place in the data
+                continue  # the gate reads shut: one cut in shut_train_every is trained
             self.n_targets += 1
             self.n_jtg_passes += res.vjp is not None
             one = chunk_target(res)
