@@ -83,7 +83,7 @@ def run(mode, hidden, T, chunks, batch=32, synth_kw=None):
             if synth and (c + 1) % 8 == 0:
                 synth.step()
     total = time.process_time() - t0
-    return {"ms_per_chunk": 1000 * total / chunks,
+    return {"ms_per_chunk": 1000 * total / chunks, "gate_at_end": float(synth.stats.gate) if synth else None,
             "parts_ms_per_chunk": {k: 1000 * v / chunks for k, v in spent.s.items()}}
 
 
@@ -108,6 +108,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunks", type=int, default=400)
     p.add_argument("--synth-kw", default="{}", help="Synthesizer options as JSON")
+    p.add_argument("--gate", choices=("default", "shut", "open"), default="default",
+                   help="shut: factor 0 with the gate on (it never opens: the cost of DNI when it is not helping); "
+                        "open: gate off, factor 1 (every cut injects and takes its J^T g pass)")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--repeats", type=int, default=1,
                    help="TBPTT/DNI pairs per setting, back to back; the median pair's ratio is reported "
                         "(this machine's speed drifts by tens of percent between runs)")
@@ -115,15 +119,20 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = {}
-    for name, kw in SETTINGS.items():
+    synth_kw = {**json.loads(args.synth_kw), **{"default": {}, "shut": {"factor": 0.0},
+                                                  "open": {"gate": False}}[args.gate]}
+    print(f"[contended unless run alone] gate={args.gate} synth_kw={synth_kw}", flush=True)
+    for name in args.settings:
+        kw = SETTINGS[name]
         pairs = []
         for _ in range(args.repeats):
             tb = run("tbptt", chunks=args.chunks, **kw)
-            dn = run("dni", chunks=args.chunks, synth_kw=json.loads(args.synth_kw), **kw)
+            dn = run("dni", chunks=args.chunks, synth_kw=synth_kw, **kw)
             pairs.append({"tbptt": tb, "dni": dn, "ratio": dn["ms_per_chunk"] / tb["ms_per_chunk"]})
             parts = ", ".join(f"{k} {v:.2f}" for k, v in dn["parts_ms_per_chunk"].items())
             print(f"{name}: TBPTT {tb['ms_per_chunk']:.2f} ms/chunk, DNI {dn['ms_per_chunk']:.2f} "
-                  f"({pairs[-1]['ratio']:.2f}x); DNI parts (ms/chunk): {parts}", flush=True)
+                  f"({pairs[-1]['ratio']:.2f}x, gate at end {dn['gate_at_end']:.3f}); DNI parts (ms/chunk): {parts}",
+                  flush=True)
         rows[name] = dict(sorted(pairs, key=lambda r: r["ratio"])[(len(pairs) - 1) // 2])
         rows[name]["ratios"] = [r["ratio"] for r in pairs]
         if len(pairs) > 1:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The one prepared call on a lent GPU machine (1 GPU + 16 CPU cores), about 6 minutes; never needed
-# for CI. Two things run side by side on disjoint cores (pinned with taskset):
+# The one prepared call on a lent GPU machine (1 GPU + 16 CPU cores), about 9 minutes; never needed
+# for CI. Every result row is printed to stdout (and kept in $OUT). First, alone on the GPU (<= 3 min):
+#   (0) benchmarks/gpu_cost.py: ms and host-device syncs per update, TBPTT vs DNI, seed API and engine,
+#       alone and four jobs sharing the GPU (PART=gpu_cost runs only this; DEVICE=cpu runs its --smoke form).
+# Then two things run side by side on disjoint cores (pinned with taskset):
 #   (a) issue 13's 16-core rows: benchmarks/scaling.py for K = 1, 8, 4, 2 (that order; CONFIGS picks
 #       the configurations; a run cut by the time limit keeps the rows it finished) on SCALE_CORES;
 #   (b) issue 10's paper-scale run: the copy curriculum, LSTM 256, batch 256, T=5, the one-step
@@ -25,14 +28,12 @@ cat "$OUT/machine.txt"
 
 pin() { if command -v taskset >/dev/null; then taskset -c "$@"; else shift; "$@"; fi; }
 
+gpu_cost() {
+  smoke=(); [ "$DEVICE" = cpu ] && smoke=(--smoke)
+  timeout 240 $PY benchmarks/gpu_cost.py "${smoke[@]}" 2>&1 | tee "$OUT/gpu_cost.txt"
+}
 if [ "${PART:-all}" = gpu_cost ]; then
-  for tree in $PWD ${OLD:-}; do
-    for mode in tbptt dni; do
-      (cd "$tree/examples" && PYTHONPATH=$tree timeout 200 $PY delayed_recall.py --device "$DEVICE" --mode $mode \
-        --hidden "$HIDDEN" --batch "$BATCH" --max-steps "${SEQUENCES:-300}" --budget-s 180 --log-every 1000 \
-        | tail -n 1 | sed "s|^|$tree |")
-    done
-  done | tee "$OUT/gpu_cost.txt"
+  gpu_cost
   exit 0
 fi
 if [ "${PART:-all}" = scaling_rest ]; then
@@ -40,6 +41,8 @@ if [ "${PART:-all}" = scaling_rest ]; then
   tail -n 12 "$OUT/scaling_log.txt"
   exit 0
 fi
+
+[ "${PART:-all}" = all ] && gpu_cost
 
 pin "$SCALE_CORES" timeout $((BUDGET + 60)) $PY benchmarks/scaling.py --ks $KS --steps "$STEPS" --out "$OUT" \
   --configs $CONFIGS > "$OUT/scaling_log.txt" 2>&1 &
@@ -72,4 +75,4 @@ for r in runs:
           "passed_at", r["passed_at"])
 EOF
 echo "copy runs done: $(date -u)"; wait $scaling; echo "scaling done: $(date -u)"
-tail -n 14 "$OUT/scaling_log.txt"
+tail -n 14 "$OUT/scaling_log.txt"  # the scaling rows, to stdout

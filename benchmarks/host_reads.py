@@ -2,8 +2,8 @@
 ``float()``, ``bool()``): on a GPU each read of a GPU tensor is a host-device synchronisation,
 which stalls the launch queue of a launch-bound step. Counted here on the CPU (where they cost
 little), per chunk, by the innermost line of dni_dist that asked (the user's own reads, e.g. a
-per-tensor Adam's step counters, are left out); reads of tensors made on the host by design (the
-synthesizer's evidence vector) are counted too.
+per-tensor Adam's step counters, are left out); since issue 28 the only read of a DNI update is the gate's, once
+every ``gate_check_every`` injections (``Synthesizer.gate_open``); tests/test_host_reads.py holds it there.
 
     python benchmarks/host_reads.py
 """
@@ -17,7 +17,7 @@ from cost_per_update import run
 
 WARMUP = 20  # the chunks cost_per_update.run trains before its clock starts (counted here too)
 
-READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
 
 
 def count(mode: str, chunks: int = 200):
@@ -32,7 +32,7 @@ def count(mode: str, chunks: int = 200):
             frames = [fr for fr in traceback.extract_stack()[:-1] if "dni_dist" in fr.filename]
             if frames:  # the user's own reads (their optimizer's step counters) are theirs
                 fr = frames[-1]
-                sites[f"{fr.filename.split('/')[-1]}:{fr.lineno} {fr.line} [{name}]"] += 1
+                sites[f"{fr.filename.split('/')[-1]}:{fr.lineno} {fr.name}: {fr.line} [{name}]"] += 1
             return f(self, *a, **k)
         return read
 

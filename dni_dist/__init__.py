@@ -10,8 +10,8 @@ from .diagnostics import alignment
 from .fit import Result, fit
 from .model import SeqModel
 from .spec import Spec, load_spec
-from .synthesizer import Synthesizer
+from .synthesizer import SynthOptions, Synthesizer
 
 __version__ = "0.2.0"
-__all__ = ["Synthesizer", "Spec", "Config", "fit", "Result", "load_spec", "SeqModel", "chunk_step",
+__all__ = ["Synthesizer", "SynthOptions", "Spec", "Config", "fit", "Result", "load_spec", "SeqModel", "chunk_step",
            "ChunkResult", "alignment", "__version__"]

@@ -26,10 +26,10 @@ class ChunkGraph:
 
 @dataclass
 class ChunkResult:
-    loss: float               # this chunk's loss (NaN when skipped)
+    loss: float               # this chunk's loss (NaN when skipped; a device tensor with on_device=True)
     state_end: State          # final state, detached (sent forward)
     delta: State | None       # what reached the chunk's start state (see chunk_target)
-    skipped: bool = False     # non-finite loss: nothing was back-propagated
+    skipped: bool = False     # non-finite loss: nothing was back-propagated (on_device: a device bool, it was)
     vjp: tuple | None = None  # (end, start, g, discount): J^T g still to be taken out of delta
     injected: State | None = None  # the synthetic gradient injected at the chunk's end (None: none)
 
@@ -49,7 +49,7 @@ def chunk_forward(model, loss_fn, state_start: State | None, x, y, mask, *, need
     return ChunkGraph(loss, start, end, need_delta and start is not None)
 
 
-def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
+def chunk_backward(graph: ChunkGraph, synth, *, inject: bool, on_device: bool = False) -> ChunkResult:
     """Inject the synthetic gradient at the chunk's end and back-propagate.
 
     Parameter gradients accumulate into ``.grad`` and are final when this returns. ``delta`` is
@@ -57,23 +57,33 @@ def chunk_backward(graph: ChunkGraph, synth, *, inject: bool) -> ChunkResult:
     bootstrapped target is :func:`chunk_target` of the result. With a discount below 1 the graph
     is kept for the ``J^T g`` pass that target needs, so a worker can start summing the model's
     gradients before it runs that pass. A non-finite loss is not back-propagated (``skipped``).
+    With ``on_device=True`` (the engine) nothing is read back: every loss is back-propagated and
+    ``loss``/``skipped`` are device tensors; the caller masks out what a non-finite loss produced.
     """
-    value = float(graph.loss.detach())
     end = tg.detach(graph.end)
-    if not math.isfinite(value):
-        return ChunkResult(float("nan"), end, None, skipped=True)
+    if on_device:
+        value = graph.loss.detach()
+        skipped = ~torch.isfinite(value)
+    else:
+        value = float(graph.loss.detach())
+        if not math.isfinite(value):
+            return ChunkResult(float("nan"), end, None, skipped=True)
+        skipped = False
     loss, vjp, g = graph.loss, None, None
     if inject:
-        g = synth.synthetic_gradient(graph.end)
-        if graph.need_delta and synth.discount != 1.0 and synth.injection_scale() > 0:  # g == 0: J^T g == 0
-            vjp = (graph.end, graph.start, g, synth.discount)
-        loss = loss + tg.surrogate(graph.end, g)
+        g = synth.inject(graph.end)  # None while the synthesizer's gate reads shut: J^T 0 == 0, nothing to do
+        if g is not None:
+            if graph.need_delta and synth.discount != 1.0:
+                vjp = (graph.end, graph.start, g, synth.discount)
+            loss = loss + tg.surrogate(graph.end, g)
+        elif synth.lookahead == 2:  # a two-step target takes what was injected: zeros
+            g = tg.like([torch.zeros_like(t) for t in tg.as_tuple(graph.end)], graph.end)
     loss.backward(retain_graph=vjp is not None)
     delta = None
     if graph.need_delta:
         parts = tg.as_tuple(graph.start)
         delta = tg.like([t.grad if t.grad is not None else torch.zeros_like(t) for t in parts], graph.start)
-    return ChunkResult(value, end, delta, vjp=vjp, injected=g)
+    return ChunkResult(value, end, delta, skipped=skipped, vjp=vjp, injected=g)
 
 
 def chunk_target(res: ChunkResult) -> State | None:

@@ -27,6 +27,8 @@ class _Pending:
     rerun: tuple | None = None      # lookahead=2: (model, weights it ran with, inputs, injected g) of that chunk
     delta: State | None = None      # lookahead=2: kept while waiting for the next cut's target
     one_step: State | None = None   # lookahead=2: its one-step target (used if no next target comes)
+    end: bool = False               # returned by the last call before step(): dropped if nothing follows it
+    index: int = 0                  # the clock's count at the chunk that ended at this cut (Synthesizer.keep_cut)
 
 
 class SeedAPI:
@@ -56,6 +58,7 @@ class SeedAPI:
             The state to feed the next chunk (a leaf that requires grad).
         """
         self.check_state(hn, "hn")
+        self._follow(hn)  # built (sizes from hn) and on its device before anything else
         if self.lookahead == 2 and (model is None or inputs is None):
             raise ValueError("Synthesizer(lookahead=2) runs each chunk again a chunk later, so backward_synthetic "
                              "needs it: pass synth.backward_synthetic(hn, loss, model=model, inputs=x), with "
@@ -82,30 +85,62 @@ class SeedAPI:
                 raise ValueError("backward_synthetic was called after this chunk's loss.backward(): the synthetic "
                                  "gradient must be folded into the loss before it is back-propagated. Call "
                                  "hn = synth.backward_synthetic(hn, loss) first, then loss.backward()")
+        self._check_backpropagated()
         self._last_hn = [weakref.ref(t) for t in parts]  # weak: never keeps a graph alive
         self._calls += 1
         self._resolve(upto=self._calls - 2)  # boundaries whose next chunk has been backpropagated
+        if loss is not None:
+            loss.add_(self._probe_for(loss))  # + 0: tells the next call (or step) that loss.backward() ran after this
+        index = self.ticks()  # this chunk's place on the gate's clock
+        self.tick()
         if last:
             return tg.detach_requires_grad(hn)
-        g = self.synthetic_gradient(hn)
+        g = self.inject(hn)  # None while the gate reads shut: nothing to predict, inject or take J^T of
         start = self._pending[-1] if self._pending and self._pending[-1].call == self._calls - 1 else None
-        if start is not None and self.discount != 1.0 and self.injection_scale() > 0:
-            start.sg_part = tg.synthetic_vjp(hn, start.state, g)  # a zero injection has J^T g == 0: no extra backward
+        if g is not None and start is not None and self.discount != 1.0:
+            start.sg_part = tg.synthetic_vjp(hn, start.state, g)
         if start is not None and self.lookahead == 2:
-            start.rerun = (model, tg.snapshot(model), inputs.detach() if torch.is_tensor(inputs) else inputs, g)
-        if loss is not None:
-            loss.add_(tg.surrogate(hn, g))
-        else:
-            torch.autograd.backward(list(parts), list(tg.as_tuple(g)), retain_graph=True)
+            injected = g if g is not None else tg.like([torch.zeros_like(t) for t in parts], hn)
+            start.rerun = (model, tg.snapshot(model), inputs.detach() if torch.is_tensor(inputs) else inputs, injected)
+        if g is not None:
+            if loss is not None:
+                loss.add_(tg.surrogate(hn, g))
+            else:
+                torch.autograd.backward(list(parts), list(tg.as_tuple(g)), retain_graph=True)
         out = tg.detach_requires_grad(hn)
         self._cuts += 1
         if (self._cuts - 1) % self.train_every == 0:  # train_every > 1: the other cuts are not trained
-            self._pending.append(_Pending(self._calls, out))
+            self._pending.append(_Pending(self._calls, out, index=index))
         return out
+
+    def _probe_for(self, loss: torch.Tensor) -> torch.Tensor:
+        """A zero leaf that requires grad, added to ``loss``: it gets a gradient exactly when that loss
+        is back-propagated after this call (no value is read to find out)."""
+        probe = self._probe
+        if probe is None or probe.device != loss.device or probe.dtype != loss.dtype:
+            probe = self._probe = torch.zeros((), device=loss.device, dtype=loss.dtype, requires_grad=True)
+        probe.grad = None
+        self._probe_armed = True
+        return probe
+
+    def _check_backpropagated(self) -> None:
+        if self._probe_armed and self._probe.grad is None:
+            self._probe_armed = False
+            raise ValueError("the loss passed to the previous backward_synthetic was not back-propagated after that "
+                             "call: call hn = synth.backward_synthetic(hn, loss) first, then loss.backward() "
+                             "(backward_synthetic after loss.backward() injects nothing)")
+        self._probe_armed = False
 
     def step(self) -> None:
         """Update the synthesizer on every boundary whose target is known. Call after the
-        sequence (or a truncation window) once its ``loss.backward()`` has run."""
+        sequence (or a truncation window) once its ``loss.backward()`` has run.
+
+        The boundary returned by the last ``backward_synthetic`` is the end of the sequence: if
+        the next chunk does not run from it (a new sequence starts), it is dropped, as the engine
+        drops a sequence's end; if it does (a stream carried across windows), it is trained as usual."""
+        self._check_backpropagated()
+        if self._pending and self._pending[-1].call == self._calls:
+            self._pending[-1].end = True
         self._resolve(upto=self._calls - 1)
 
     def _resolve(self, upto: int) -> None:
@@ -126,9 +161,11 @@ class SeedAPI:
                 if target is not None and p.delta is not None:
                     p.one_step, self._waiting = target, p
                     continue
-            if target is not None:
+            if target is not None and self.keep_cut(p.index):
                 bounds.append(p.state)
                 tars.append(target)
+        if not bounds:  # an update on nothing changes nothing
+            return
         self.optimizer.zero_grad(set_to_none=True)
         self.finish_update(self.accumulate(bounds, tars))
 
@@ -137,9 +174,12 @@ class SeedAPI:
         such a boundary is dropped). With lookahead=2 its delta is kept for the two-step target."""
         grads = [t.grad for t in tg.as_tuple(p.state)]
         if all(g is None for g in grads):  # nothing followed this boundary
+            if p.end:  # the end of a sequence (step() came after it): no cut, as in the engine
+                self._host["dropped_ends"] += 1
+                return None
             if not self.use_improvement:
                 return None
-            self.stats.zero_targets += 1
+            self._host["zero_targets"] += 1
             return tg.like([torch.zeros_like(t) for t in tg.as_tuple(p.state)], p.state)
         delta = tg.like([torch.zeros_like(t) if g is None else g for g, t in zip(grads, tg.as_tuple(p.state))],
                         p.state)
@@ -159,4 +199,6 @@ class SeedAPI:
         self._pending: list[_Pending] = []
         self._waiting: _Pending | None = None  # lookahead=2: a resolved cut waiting for the next cut's target
         self._last_hn = None                   # weak references to the last state passed in
+        self._probe: torch.Tensor | None = getattr(self, "_probe", None)  # see _probe_for
+        self._probe_armed = False
 

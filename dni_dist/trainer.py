@@ -124,26 +124,41 @@ class Trainer:
         return run_model, run_loss
 
     # ---------------------------------------------------------------- the step
-    def step(self, grads: torch.Tensor) -> bool:
-        """Take the tick's summed model gradient (the parameters' ``.grad`` are views of
-        ``grads``); step once every ``grad_accum`` calls on their mean. True when it stepped."""
+    def step(self, grads: torch.Tensor, ok: torch.Tensor) -> None:
+        """Take the tick's model gradient (the parameters' ``.grad`` are views of ``grads``) and
+        ``ok``, a device bool: the tick ran chunks and its gradient is finite. Steps once every
+        ``grad_accum`` such ticks on their mean.
+
+        The default path (no accumulation, no schedule, a fused optimizer) reads nothing back to
+        the host: the fused step skips itself on the device when ``ok`` is false (``found_inf``,
+        as GradScaler does). Accumulation, a schedule or another optimizer must know whether the
+        tick counts: one read a tick."""
         m = self.cfg.grad_accum
+        if m == 1 and self.sched is None and getattr(self.opt, "defaults", {}).get("fused"):
+            self._clip()
+            self.opt.found_inf = (~ok).float()
+            self.opt.step()
+            return
+        if not bool(ok):
+            return
         if m > 1:
             if self.accum is None:
                 self.accum = torch.zeros_like(grads)
             self.accum.add_(grads)
             self.count += 1
             if self.count < m:
-                return False
+                return
             grads.copy_(self.accum).div_(m)
             self.accum.zero_()
             self.count = 0
-        if self.cfg.clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
+        self._clip()
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
-        return True
+
+    def _clip(self) -> None:
+        if self.cfg.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
 
     def state_dict(self) -> dict:
         out = {}
@@ -167,7 +182,7 @@ class RunHooks:
 
     def __init__(self, cfg, spec, worker, start: int):
         self.cfg, self.spec, self.worker = cfg, spec, worker
-        self.rows = len(worker.losses)
+        self.rows = len(worker.losses) if (spec.on_batch_end is not None or cfg.mlflow) else 0
         self.bad_evals, self.stopped = 0, False
         self.best = None
         self.metric, self.sign = cfg.keep_best, 1.0
@@ -196,7 +211,10 @@ class RunHooks:
 
     def batches_done(self, prev: int, done: int) -> None:
         """Batches ``prev .. done-1`` are complete: the spec's ``on_batch_end`` for each, and the
-        mean loss of the steps since the last call to MLflow."""
+        mean loss of the steps since the last call to MLflow. Reads the losses (a host read) only
+        when one of them is there to take them."""
+        if self.spec.on_batch_end is None and self.mlflow is None:
+            return
         losses = self.worker.losses[self.rows:]
         self.rows = len(self.worker.losses)
         loss = sum(losses) / len(losses) if losses else float("nan")

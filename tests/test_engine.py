@@ -19,7 +19,8 @@ from dni_dist.runners import debug
 
 import user_spec
 
-NOW = {"gate_warmup": 0}  # the default warm-up (100 updates) would keep the gate shut in these few batches
+NOW = {"gate_warmup": 0, "gate_check_every": 1}  # the gate open from the start and read every chunk:
+# the default warm-up (100 updates) and read (every 16 chunks) would keep it shut in these few batches
 SMALL = dict(steps=5, chunks=4, batch=4, hidden=8, progress=False, delay=3, truncation=3, synth_lr=1e-2,
              synth_options=json.dumps(NOW))
 
@@ -73,7 +74,8 @@ def test_schedule_rejects_bad_split():
 
 # ------------------------------------------------------------------ K=1 equals hand-written loops
 @pytest.mark.parametrize("mode,options", [("dni", {}), ("tbptt", {}), ("dni", {"lookahead": 2}),
-                                          ("dni", {"train_every": 2}), ("dni", {"orthogonal": True})])
+                                          ("dni", {"train_every": 2}), ("dni", {"orthogonal": True}),
+                                          ("dni", {"shut_train_every": 3, "factor": 0.0})])
 def test_one_worker_equals_the_seed_api_loop(mode, options, tmp_path):
     """lookahead=2: the engine completes a cut's two-step target in the next chunk's tick, the
     seed API when the next cut resolves; the same targets before every injection, the same bits.
@@ -112,7 +114,7 @@ def test_one_worker_equals_the_seed_api_loop(mode, options, tmp_path):
         assert torch.equal(state["worker"]["synth"][k], v), k
     if synth is not None:
         cuts = cfg.steps * (cfg.chunks - 1)  # 15: with train_every=2 cuts 0, 2, ..., 14 are trained
-        assert synth.stats.targets == -(-cuts // options.get("train_every", 1))
+        assert synth.stats.targets == -(-cuts // options.get("train_every", options.get("shut_train_every", 1)))
 
 
 @pytest.mark.parametrize("spec_name", ["spec", "stream_spec"])

@@ -46,7 +46,8 @@ def test_layers_mismatch():
         Synthesizer(4, is_lstm=False, num_layers=1).backward_synthetic(_state(3, 2, 4))
 
 
-@pytest.mark.parametrize("kw,match", [({"aux": True}, "aux=True"), ({"allow_backwarding": True}, "allow_backwarding"),
+@pytest.mark.parametrize("kw,match", [({"aux": True}, "unknown option 'aux'"),
+                                      ({"gate_warmpu": 5}, "did you mean 'gate_warmup'"),
                                       ({"discount": 1.5}, "discount"), ({"size": 0}, "size")])
 def test_refused_options(kw, match):
     args = {"size": 4, **kw}

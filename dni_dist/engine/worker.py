@@ -28,6 +28,7 @@ from .schedule import Action, Schedule
 
 EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate), at the end of the buffer
 SCALARS = 3  # loss sum, chunks run, chunks skipped: right after the model's gradients
+DIVERGENCE_CHECK_EVERY = 16  # ticks between two reads of the divergence window (the window if shorter)
 
 
 class DivergenceError(RuntimeError):
@@ -55,9 +56,9 @@ class _Waiting:
     x: torch.Tensor
 
 
-def _finite(flat: torch.Tensor) -> bool:
-    """No NaN or Inf in ``flat``: a finite sum proves it (one reduction instead of a mask)."""
-    return bool(torch.isfinite(flat.sum())) or bool(torch.isfinite(flat).all())
+def _finite(flat: torch.Tensor) -> torch.Tensor:
+    """No NaN or Inf in ``flat`` (a device bool)."""
+    return torch.isfinite(flat).all()
 
 
 class Worker:
@@ -102,15 +103,42 @@ class Worker:
         self._sends: list = []         # targets to send back at the end of this tick
         self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
         self._loss, self._ran, self._skipped = 0.0, 0, 0
-        self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
-        self.skipped = 0               # chunks with a non-finite loss or gradient, over all workers
+        # Nothing of a tick is read back to the host (on a GPU a read waits for the GPU): the step
+        # losses, the skipped count and the divergence window stay on the device until read.
+        self._losses: list[float] = []  # mean chunk loss of every optimizer step, read so far
+        self._loss_queue: list = []     # [loss sum, chunks run, stepped] per tick, not read yet
+        self._skipped_base, self._skipped_dev = 0, torch.zeros((), dtype=torch.float64, device=self.device)
+        self._ticks, self._batch_seen = 0, 0
         self.stream_resets = 0         # stream states dropped for being non-finite
         self.n_targets = 0             # boundary targets this worker regressed on,
         self.n_jtg_passes = 0          # and those that took the discounted target's J^T g pass (work done)
         self.timers = None             # engine.loop.Timers: seconds per tick phase (set by the runner)
-        self._recent = collections.deque(maxlen=cfg.divergence_window)  # (chunks run, skipped) per tick
+        self._recent = collections.deque(maxlen=cfg.divergence_window)  # [chunks run, skipped] per tick (device)
         self.trainer = Trainer(cfg, spec, self)  # lr schedule, precision, grad accumulation (dni_dist.trainer)
         self._model_fn, self._loss_fn = self.trainer.forward_fns(self.model, spec.loss)
+
+    @property
+    def losses(self) -> list[float]:
+        """Mean chunk loss of every optimizer step (tick): read from the device when asked."""
+        if self._loss_queue:  # one read for every tick since the last
+            for loss, ran, stepped in torch.stack(self._loss_queue).tolist():
+                if stepped:
+                    self._losses.append(loss / ran)
+            self._loss_queue = []
+        return self._losses
+
+    @losses.setter
+    def losses(self, values) -> None:
+        self._losses, self._loss_queue = list(values), []
+
+    @property
+    def skipped(self) -> int:
+        """Chunks with a non-finite loss or gradient, over all workers (read when asked)."""
+        return self._skipped_base + int(self._skipped_dev)
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self._skipped_base, self._skipped_dev = int(value), torch.zeros_like(self._skipped_dev)
 
     def _probe_state(self):
         """The form of a boundary state (for receive buffers and sizing the synthesizer), from one
@@ -138,6 +166,7 @@ class Worker:
     def begin(self, schedule: Schedule) -> None:
         """Start a segment (the pipeline is empty between segments: nothing is in flight)."""
         self.schedule = schedule
+        self._tick = -1  # this segment's tick (forward runs once a tick, idle or not)
         self._received.clear()
         self._waiting.clear()  # none left: a segment ends with an idle tick that completes the last
 
@@ -182,6 +211,7 @@ class Worker:
 
     def forward(self, a: Action | None, poison: bool = False) -> list[Send]:
         """Run the chunk's forward pass; returns the states to send on at once."""
+        self._tick += 1
         self.idle()
         self._action, self._graph = a, None
         if a is None:
@@ -196,6 +226,7 @@ class Worker:
                 start, self.stream_resets = None, self.stream_resets + 1
         else:
             start = self._carry
+        self._batch_seen = a.batch
         x, y, m = self._chunk_data(a.batch, a.chunk)
         if poison:
             x = x * float("nan")
@@ -224,19 +255,23 @@ class Worker:
         the sum over workers in the all-reduce is the same sum of regression terms.
         """
         a, s = self._action, self.schedule
+        if self.synth is not None and any(s.action(w, self._tick) for w in range(s.workers)):
+            self.synth.tick()  # every worker, idle or not, at every tick where one runs: the replicas read together
         if a is None:
             return
         streaming_end = bool(s.stream_groups) and a.chunk == s.chunks - 1
         inject = self.dni and (a.chunk < s.chunks - 1 or streaming_end)
         graph, self._graph = self._graph, None
-        res = chunk_backward(graph, self.synth, inject=inject)
+        res = chunk_backward(graph, self.synth, inject=inject, on_device=True)
         self._carry = res.state_end
-        if res.skipped:
-            self._skipped = 1
-        else:
-            self._loss, self._ran = res.loss, 1
-            if res.delta is not None:
-                self._targets.append((graph.start, res, self._rerun))  # its J^T g pass (if any) runs in synth_grads
+        # A non-finite loss: its gradients are left out of this worker's buffer (as if it never ran;
+        # the buffer holds this chunk alone before the sum), and its NaN target is masked out by the
+        # synthesizer. Decided on the device: nothing is read.
+        self._bufs[self._cur][:self._n_model].masked_fill_(res.skipped, 0.0)
+        self._loss = torch.where(res.skipped, 0.0, res.loss)
+        self._ran, self._skipped = ~res.skipped, res.skipped
+        if res.delta is not None:
+            self._targets.append((graph.start, res, self._rerun))  # its J^T g pass (if any) runs in synth_grads
 
     def receive(self, kind: str, batch: int, chunk: int, state) -> None:
         """A message arrived: a start state for a coming chunk, a stream's final state, or (two-step
@@ -253,19 +288,22 @@ class Worker:
         :meth:`backward` ran: with ``sync="exact"`` its all-reduce starts here and runs while the
         synthesizer's regression (:meth:`synth_grads`) is computed."""
         buf = self._bufs[self._cur]
-        buf[self._n_model:self._split] = torch.tensor([self._loss, float(self._ran), float(self._skipped)],
-                                                      dtype=buf.dtype)
+        if torch.is_tensor(self._loss):
+            buf[self._n_model:self._split] = torch.stack([self._loss, self._ran.to(self._loss.dtype),
+                                                          self._skipped.to(self._loss.dtype)]).to(buf.dtype)
+        else:  # an idle tick
+            buf[self._n_model:self._split] = 0.0
         return buf[:self._split]
 
     def synth_grads(self) -> torch.Tensor:
         """The synthesizer's part of this tick's buffer: its regression gradients and evidence.
         Hands the buffer out: the next tick writes the other one."""
-        ev = torch.zeros(EVIDENCE, dtype=torch.float64)
         bounds, targets = self._regression_targets()
-        if bounds:
-            ev = self.synth.accumulate(bounds, targets)
         buf = self._bufs[self._cur]
-        buf[-EVIDENCE:] = ev.to(buf.dtype)
+        if bounds:
+            buf[-EVIDENCE:] = self.synth.accumulate(bounds, targets).to(buf.dtype)
+        else:
+            buf[-EVIDENCE:].zero_()
         self._cur ^= 1
         return buf[self._split:]
 
@@ -283,6 +321,8 @@ class Worker:
         self._arrived = []
         a, s = self._action, self.schedule
         for start, res, rerun in self._targets:
+            if not self.synth.keep_cut(a.batch * s.chunks + a.chunk - 1):  # the cut's place in the data
+                continue  # the gate reads shut: one cut in shut_train_every is trained
             self.n_targets += 1
             self.n_jtg_passes += res.vjp is not None
             one = chunk_target(res)
@@ -309,11 +349,12 @@ class Worker:
         return bounds, targets
 
     def _two_step(self, w: _Waiting, next_target) -> object:
-        if not tg.all_finite(next_target):
-            return w.one_step
-        return tg.two_step_target(w.delta, w.injected, next_target,
-                                  lambda cot: tg.chunk_vjp(self.model, w.weights, w.x, w.start, cot),
-                                  self.synth.discount, self.synth.lookahead_weight)
+        """A NaN next target says "none" (that chunk was skipped): then the one-step target (on the device)."""
+        two = tg.two_step_target(w.delta, w.injected, next_target,
+                                 lambda cot: tg.chunk_vjp(self.model, w.weights, w.x, w.start, cot),
+                                 self.synth.discount, self.synth.lookahead_weight)
+        finite = torch.stack([torch.isfinite(t).all() for t in tg.as_tuple(next_target)]).all()
+        return tg.like([torch.where(finite, t, o) for t, o in zip(tg.as_tuple(two), tg.as_tuple(w.one_step))], two)
 
     def take_sends(self) -> list[Send]:
         """The targets to send back now (``lookahead=2``); empty otherwise."""
@@ -333,18 +374,18 @@ class Worker:
 
     def apply_model(self, total: torch.Tensor) -> None:
         """Step the model on its summed part of the buffer (gradients and scalars)."""
-        loss, ran, skipped = total[-SCALARS:].tolist()
         grads = total[:self._n_model]
         if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
             grads.div_(self.cfg.workers)
-        if ran > 0 and not _finite(grads):
-            skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
+        loss, ran, skipped = total[-SCALARS:].unbind()
+        step = (ran > 0) & _finite(grads)
+        skipped = torch.where(step, skipped, skipped + ran)  # a finite loss with a non-finite gradient: no step
+        ran = torch.where(step, ran, 0.0)
         self._bind_part(self.params, grads)
-        if ran > 0:
-            self.trainer.step(grads)  # clip, step, schedule; every grad_accum ticks (dni_dist.trainer)
-            self.losses.append(loss / ran)
-        self.skipped += int(skipped)
-        self._check_divergence(int(ran), int(skipped))
+        self.trainer.step(grads, step)  # clip, step, schedule; every grad_accum ticks (dni_dist.trainer)
+        self._loss_queue.append(torch.stack([loss, ran, step.to(loss.dtype)]))
+        self._skipped_dev += skipped
+        self._check_divergence(ran, skipped)
 
     def apply_synth(self, total: torch.Tensor) -> None:
         """Step the synthesizer on its summed part of the buffer. Leaves its ``.grad`` bound to the
@@ -353,19 +394,23 @@ class Worker:
         if self.synth is None:
             return
         self._bind_part(self.sparams, total)
-        self.synth.finish_update(total[-EVIDENCE:].double().cpu())
+        self.synth.finish_update(total[-EVIDENCE:])  # on the device: no copy to the host
         self._bind_part(self.sparams, self._bufs[self._cur][self._split:])
 
-    def _check_divergence(self, ran: int, skipped: int) -> None:
-        self._recent.append((ran, skipped))
-        if len(self._recent) < self._recent.maxlen:
+    def _check_divergence(self, ran: torch.Tensor, skipped: torch.Tensor) -> None:
+        """Raise when more than the threshold of the chunks in the window were skipped. Read once
+        every DIVERGENCE_CHECK_EVERY ticks (the window's length if shorter), not every tick."""
+        self._recent.append(torch.stack([ran, skipped]))
+        self._ticks += 1
+        if len(self._recent) < self._recent.maxlen or self._ticks % min(DIVERGENCE_CHECK_EVERY, self._recent.maxlen):
             return
-        total = sum(r + s for r, s in self._recent)
-        bad = sum(s for _, s in self._recent)
+        ran_sum, bad = (int(v) for v in torch.stack(list(self._recent)).sum(0).tolist())
+        total = ran_sum + bad
         if total and bad / total > self.cfg.divergence_threshold:
             raise DivergenceError(
-                f"training diverged: {bad} of the last {total} chunks had a non-finite loss or gradient "
-                f"(more than {self.cfg.divergence_threshold:.0%}); lower --lr, set --clip, or check the data")
+                f"training diverged at batch {self._batch_seen}: {bad} of the last {total} chunks had a non-finite "
+                f"loss or gradient (more than {self.cfg.divergence_threshold:.0%}); lower --lr, set --clip, or "
+                "check the data")
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -170,7 +170,8 @@ class Reporter:
         w, cfg = self.worker, self.cfg
         stats = w.synth.stats if w.synth is not None else None
         tok = self.tokens_per_s()
-        while self.rows < len(w.losses):
+        # w.losses and stats are read from the device when touched: only when a row is written
+        while (self.csv is not None or self.tb is not None) and self.rows < len(w.losses):
             i, loss = self.rows, w.losses[self.rows]
             if self.csv is not None:
                 self.csv.add(f"{i},{batches_done},{loss:.6g},{tok:.1f},"

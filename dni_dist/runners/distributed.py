@@ -71,12 +71,23 @@ def _gather_breakdowns(seconds: dict, world: int) -> list[dict]:
     return got
 
 
+def cuda_device(local_rank: int, local_world: int) -> int:
+    """The GPU of this rank: one per local rank (NCCL cannot put two ranks on one GPU)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_world > gpus:
+        raise ValueError(f"--device cuda: this machine runs {local_world} ranks but sees {gpus} GPU(s); NCCL needs "
+                         f"one GPU per rank: start at most {gpus} (torchrun --nproc-per-node {max(gpus, 1)}) or use "
+                         "--device cpu")
+    return local_rank
+
+
 def init_from_env(cfg: Config) -> tuple[int, int]:
     """Initialise the default group from torchrun's environment (gloo on CPU, NCCL with CUDA)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     backend = "nccl" if cfg.device == "cuda" else "gloo"
     if cfg.device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(cuda_device(int(os.environ.get("LOCAL_RANK", rank)),
+                                          int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     # Keys of a restarted attempt must not meet the addresses the dead attempt left in the store
     # (seen here: the restarted group tried to connect to the killed process and failed), so
