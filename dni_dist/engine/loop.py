@@ -32,6 +32,23 @@ def header(kind: str, batch: int, chunk: int, like) -> Message:
     return Message(kind, batch, chunk, tuple(tuple(t.shape) for t in parts), parts[0].dtype)
 
 
+def step_rule(workers: int, parallel: str = "pipeline") -> str:
+    """The K rule in one line, printed at start: what one optimizer step sees at this K.
+
+    Every optimizer step (the model's and the synthesizer's) sees the mean, over the chunks its
+    tick trained, of each chunk's gradient; at K=1 that is one step per chunk on that chunk's
+    gradient, so a learning rate means the same at any K (:mod:`.worker` divides the summed buffer)."""
+    if parallel == "data":
+        if workers == 1:
+            return "K=1: one optimizer step per chunk, on that chunk's gradient"
+        return (f"K={workers} data-parallel: one optimizer step per chunk, mean of {workers} replicas "
+                f"(each 1/{workers} of the batch), as DDP")
+    if workers == 1:
+        return "K=1: one optimizer step per chunk, on that chunk's gradient"
+    return (f"K={workers}: one optimizer step per tick, mean of {workers} chunks (fewer while the pipeline "
+            "fills and drains); the synthesizer's too")
+
+
 def segments(cfg, start: int, stream_groups: int, lookahead: int = 1, train_every: int = 1) -> Iterator[Schedule]:
     """Batches ``[start, steps)`` cut at checkpoints. The pipeline drains at each cut so a
     checkpoint holds no message in flight, and a resumed run repeats the same computation."""

@@ -8,7 +8,16 @@ sends what it returns, and reduces its gradient buffer with the other workers'. 
 reduced and applied apart: ``model_grads``/``apply_model`` and ``synth_grads``/``apply_synth``).
 
 The buffer, one per tick: ``[model grads | loss, chunks run, chunks skipped | synthesizer grads |
-evidence]``; the model's step needs only the first two parts, the synthesizer's only the last two.
+chunks that trained it | evidence]``; the model's step needs only the first two parts, the
+synthesizer's only the last three.
+
+The K rule (what an optimizer step sees at any K; docs/tuning.md, "Workers"): every optimizer
+step, the model's and the synthesizer's, sees the MEAN over the chunks the tick trained of each
+chunk's gradient, where one chunk's gradient is exactly what one step takes at K=1 (one step per
+chunk). A tick of K pipeline workers runs up to K chunks of different positions in the sequence;
+the sum the all-reduce returns is divided by the number that ran (the model) and the number that
+regressed the synthesizer (the synthesizer), so a learning rate means the same at K=1 and K=8, as
+data parallelism averages over replicas (which, holding 1/K of a batch each, follow the same rule).
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ from .schedule import Action, Schedule
 
 EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate), at the end of the buffer
 SCALARS = 3  # loss sum, chunks run, chunks skipped: right after the model's gradients
+TRAINED = 1  # chunks that regressed the synthesizer this tick: between its gradients and the evidence
 
 
 class DivergenceError(RuntimeError):
@@ -86,7 +96,8 @@ class Worker:
         # alternate, so that with sync="overlap" the one in flight is never written.
         self._n_model = sum(p.numel() for p in self.params)
         self._split = self._n_model + SCALARS  # where the synthesizer's part of the buffer starts
-        size = self._split + sum(p.numel() for p in self.sparams) + EVIDENCE
+        self._n_synth = sum(p.numel() for p in self.sparams)
+        size = self._split + self._n_synth + TRAINED + EVIDENCE
         dtype = self.params[0].dtype if self.params else torch.float32
         self._bufs = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(2)]
         self._cur = 0
@@ -264,6 +275,7 @@ class Worker:
             ev = self.synth.accumulate(bounds, targets)
         buf = self._bufs[self._cur]
         buf[-EVIDENCE:] = ev.to(buf.dtype)
+        buf[-EVIDENCE - TRAINED] = 1.0 if bounds else 0.0
         self._cur ^= 1
         return buf[self._split:]
 
@@ -333,8 +345,8 @@ class Worker:
         """Step the model on its summed part of the buffer (gradients and scalars)."""
         loss, ran, skipped = total[-SCALARS:].tolist()
         grads = total[:self._n_model]
-        if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
-            grads.div_(self.cfg.workers)
+        if ran > 1:  # the K rule: the mean over the chunks that ran (data-parallel replicas: as DDP)
+            grads.div_(ran)
         if ran > 0 and not _finite(grads):
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
         self._bind_part(self.params, grads)
@@ -352,6 +364,8 @@ class Worker:
         tick's sum between this tick's forward and backward) accumulates in the right place."""
         if self.synth is None:
             return
+        # the K rule: the mean over the chunks that regressed it (a division by 1 changes no bit)
+        total[:self._n_synth].div_(total[self._n_synth].clamp(min=1))
         self._bind_part(self.sparams, total)
         self.synth.finish_update(total[-EVIDENCE:].double().cpu())
         self._bind_part(self.sparams, self._bufs[self._cur][self._split:])

@@ -216,9 +216,11 @@ def stream_groups(cfg: Config, spec) -> int:
 def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None"):
     """The generator one worker runs from batch ``start`` to the end: segments of the tick loop,
     with rank 0's reporting and checkpoints between them."""
-    from ..engine.loop import Timers, run_segment, segments
+    from ..engine.loop import Timers, run_segment, segments, step_rule
     from ..testing.faults import Faults
     faults = Faults.from_config(cfg)
+    if reporter is not None and cfg.progress:
+        print(f"[{reporter.label}] {step_rule(cfg.workers, cfg.parallel)}", file=sys.stderr, flush=True)
     worker.timers = Timers()
     synth = worker.synth
     for sched in segments(cfg, start, stream_groups(cfg, spec), synth.lookahead if synth else 1,
