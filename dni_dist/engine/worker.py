@@ -111,6 +111,8 @@ class Worker:
         self._waiting: dict = {}       # (batch, chunk) -> _Waiting: cuts waiting for the next cut's target
         self._arrived: list = []       # ((batch, chunk), target) that arrived this tick for waiting cuts
         self._sends: list = []         # targets to send back at the end of this tick
+        self.outbox: list = []         # what the loop sent this tick (in flight until the next: checkpoints hold it)
+        self.resumed_at: dict | None = None  # loaded from a checkpoint taken mid-run: {first_batch, tick, pending}
         self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
         self._loss, self._ran, self._skipped = 0.0, 0, 0
         self.losses: list[float] = []  # mean chunk loss of every optimizer step (tick)
@@ -325,6 +327,11 @@ class Worker:
                                   lambda cot: tg.chunk_vjp(self.model, w.weights, w.x, w.start, cot),
                                   self.synth.discount, self.synth.lookahead_weight)
 
+    def take_outbox(self) -> list[Send]:
+        """What was sent this tick (the loop records it), and a fresh outbox."""
+        out, self.outbox = self.outbox, []
+        return out
+
     def take_sends(self) -> list[Send]:
         """The targets to send back now (``lookahead=2``); empty otherwise."""
         out, self._sends = self._sends, []
@@ -386,7 +393,8 @@ class Worker:
         """Everything a resumed run needs, as tensors and plain types (loads with weights_only=True)."""
         out = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                "losses": torch.tensor(self.losses, dtype=torch.float64), "skipped": self.skipped,
-               "streams": {int(b): list(tg.as_tuple(s)) for b, s in self.streams.items()}}
+               "streams": {int(b): list(tg.as_tuple(s)) for b, s in self.streams.items()},
+               "recent": [list(v) for v in self._recent]}
         if self.synth is not None:
             out["synth"] = self.synth.state_dict()
             out["synth_opt"] = self.synth.optimizer.state_dict()
@@ -402,4 +410,52 @@ class Worker:
         self.skipped = int(sd["skipped"])
         self.streams = {int(b): tg.like([t.to(self.device) for t in parts], self.like)
                         for b, parts in sd["streams"].items()}
+        self._recent.clear()
+        self._recent.extend(tuple(v) for v in sd.get("recent", []))
+
+    @property
+    def rank(self) -> int:
+        """This worker's place among all workers (its pipeline position, or its data-parallel share)."""
+        return self.share[0] if self.share[1] > 1 else self.position
+
+    def inflight_state(self) -> dict:
+        """What this worker alone holds at a tick's end, beyond the replica every worker shares
+        (:meth:`state_dict`): the state carried to its next chunk, the streams it continues, the
+        cuts waiting for a two-step target, what it sent this tick (received next tick), its
+        counters and its RNG. Tensors and plain types (loads with weights_only=True)."""
+        def parts(state):
+            return [] if state is None else [t.detach().cpu() for t in tg.as_tuple(state)]
+        return {"carry": parts(self._carry),
+                "streams": {int(b): parts(s) for b, s in self.streams.items()},
+                "waiting": [{"batch": b, "chunk": c, "start": parts(w.start), "delta": parts(w.delta),
+                             "one_step": parts(w.one_step), "injected": parts(w.injected),
+                             "weights": {k: v.cpu() for k, v in w.weights.items()}, "x": w.x.cpu()}
+                            for (b, c), w in self._waiting.items()],
+                "outbox": [{"dst": m.dst, "kind": m.kind, "batch": m.batch, "chunk": m.chunk,
+                            "state": parts(m.state)} for m in self.outbox],
+                "counters": [self.n_targets, self.n_jtg_passes, self.stream_resets],
+                "rng": torch.get_rng_state()}
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        """Load a checkpoint: the shared replica, this worker's in-flight state, and (a checkpoint
+        taken mid-run) where in the schedule to go on (:attr:`resumed_at`)."""
+        self.load_state_dict(ckpt["worker"])
+        inflight = ckpt.get("inflight")
+        self.resumed_at = ckpt.get("loop")
+        if inflight is None:  # an older checkpoint: taken with the pipeline drained
+            return
+        if len(inflight) <= self.rank:
+            raise ValueError(f"the checkpoint holds {len(inflight)} workers' state; this is worker {self.rank}")
+        mine = inflight[self.rank]
+
+        def state(parts):
+            return tg.like([t.to(self.device) for t in parts], self.like) if parts else None
+        self._carry = state(mine["carry"])
+        self.streams = {int(b): state(p) for b, p in mine["streams"].items()}
+        self._waiting = {(w["batch"], w["chunk"]): _Waiting(
+            tg.detach_requires_grad(state(w["start"])), state(w["delta"]), state(w["one_step"]), state(w["injected"]),
+            {k: v.to(self.device) for k, v in w["weights"].items()}, w["x"].to(self.device)) for w in mine["waiting"]}
+        self.outbox = [Send(m["dst"], m["kind"], m["batch"], m["chunk"], state(m["state"])) for m in mine["outbox"]]
+        self.n_targets, self.n_jtg_passes, self.stream_resets = (int(v) for v in mine["counters"])
+        torch.set_rng_state(mine["rng"])
 

@@ -28,7 +28,9 @@ def run(cfg: Config, spec):
     transports = LocalHub(cfg.workers).transports()
     t0 = time.perf_counter()
     try:
-        loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None)
+        def gather(k):  # at a checkpoint every other worker waits at the same tick's end
+            return (lambda mine: [w.inflight_state() for w in workers]) if k == 0 else (lambda mine: None)
+        loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None, gather(k))
                  for k, (w, tr) in enumerate(zip(workers, transports))]
         alive = True
         while alive:  # lockstep: every loop to its next synchronisation point, in rank order

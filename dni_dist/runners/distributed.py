@@ -33,7 +33,7 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
     reporter = Reporter(cfg, spec, worker, start) if rank == 0 else None
     t0 = time.perf_counter()
     try:
-        for _ in worker_run(cfg, spec, worker, transport, start, reporter):
+        for _ in worker_run(cfg, spec, worker, transport, start, reporter, lambda mine: _gather_to_first(mine, world)):
             pass
         by_rank = _gather_breakdowns(worker.timers.s, world)
         transport.close()
@@ -64,6 +64,13 @@ def pin_to_core(local_rank: int) -> int:
         if not moved:
             break
     return core
+
+
+def _gather_to_first(obj, world: int):
+    """Every rank's ``obj`` on rank 0 (a list by rank; None elsewhere): a checkpoint's in-flight states."""
+    got = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(obj, got, dst=0)
+    return got
 
 
 def _gather_breakdowns(seconds: dict, world: int) -> list[dict]:
