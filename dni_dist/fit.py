@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 
 from .config import Config
-from .spec import Spec, load_spec
+from .runners.spec_source import resolve_spec, spec_path  # noqa: F401 - part of fit's surface
+from .spec import Spec
 
 
 @dataclass
@@ -23,22 +24,6 @@ class Result:
     """The trained nn.Module (debug mode, Ray, and rank 0 under torchrun; None on other ranks)."""
     metrics: dict | None
     """losses, tokens_per_s, evals, ... (None on ranks other than 0)."""
-
-
-def spec_path(cfg: Config) -> str:
-    """How the config names its spec: the import path, or ``task:<name>`` for a built-in task."""
-    return cfg.spec or f"task:{cfg.task}"
-
-
-def resolve_spec(cfg: Config) -> Spec:
-    """The config's spec: ``--spec module:attr``, else the built-in ``--task``."""
-    if cfg.spec:
-        spec = load_spec(cfg.spec)
-    else:
-        from .tasks.specs import task_spec
-        spec = task_spec(cfg)
-    spec.name = spec_path(cfg)
-    return spec
 
 
 def under_torchrun() -> bool:

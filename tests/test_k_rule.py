@@ -135,3 +135,24 @@ def test_the_synthesizer_steps_on_the_mean_over_the_chunks_that_trained_it(monke
     (4, "data", "K=4 data-parallel: one optimizer step per chunk, mean of 4 replicas (each 1/4 of the batch)")])
 def test_the_rule_is_printed_at_start(workers, parallel, text):
     assert step_rule(workers, parallel).startswith(text)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_data_parallel_replicas_step_on_the_mean_as_one_worker_on_the_whole_batch(tmp_path):
+    """parallel='data', K=2 gloo processes, each on half of every batch of a user's GRU + SGD spec
+    (TBPTT): the mean of the two replicas' gradients is the whole batch's (the loss is a mean over
+    rows), so the run equals one worker on the whole batch, to float rounding; a sum would double
+    every SGD step. (With DNI the synthesizer's batch statistics, its centring and its gate, are
+    taken over each replica's rows, so DNI runs are not comparable this way.)"""
+    import dataclasses
+
+    import user_spec
+    from dni_dist.runners import debug
+    from test_engine import USER, run_spawned
+    cfg = Config(mode="tbptt", workers=1, **USER)
+    model, ref = debug.run(cfg, user_spec.spec)
+    got = run_spawned(dataclasses.replace(cfg, workers=2, parallel="data", backend="torch"), tmp_path, user_spec.spec)
+    torch.testing.assert_close(torch.tensor(got[0]["losses"]), torch.tensor(ref["losses"]), rtol=1e-5, atol=1e-6)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(got[0]["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)

@@ -40,7 +40,7 @@ def _actor_class(ray):
             import pickle
             import sys
 
-            from ..fit import resolve_spec
+            from .spec_source import resolve_spec
             for entry in driver_path:
                 if entry not in sys.path and os.path.isdir(entry):
                     sys.path.append(entry)
