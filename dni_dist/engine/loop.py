@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 
 from .. import targets as tg
-from ..transport.base import Message
+from ..transport.base import Message, Transport
 from .schedule import Receive, Schedule  # noqa: F401 - Receive: what _receive takes
 from .worker import Worker
 
@@ -72,7 +72,7 @@ class Ready:
     total: torch.Tensor
 
 
-def _finish(transport, pending) -> torch.Tensor:
+def _finish(transport: Transport, pending) -> torch.Tensor:
     return pending.total if isinstance(pending, Ready) else transport.finish(pending)
 
 
@@ -90,7 +90,7 @@ class Timers:
         self._t = now
 
 
-def run_schedule(worker: Worker, transport, sched: Schedule, sync: str, faults=None, on_tick=None,
+def run_schedule(worker: Worker, transport: Transport, sched: Schedule, sync: str, faults=None, on_tick=None,
                  timers: Timers | None = None, checkpoint_at=None, on_checkpoint=None, start_tick: int = 0,
                  pending: torch.Tensor | None = None) -> Iterator[None]:
     """Run ``sched`` from tick ``start_tick`` to its end, the pipeline drained at the end only.
@@ -169,13 +169,13 @@ def run_schedule(worker: Worker, transport, sched: Schedule, sync: str, faults=N
     _receive(worker, transport, sched.receives_at_drain(pos))
 
 
-def _receive(worker: Worker, transport, receives: list[Receive]) -> None:
+def _receive(worker: Worker, transport: Transport, receives: list[Receive]) -> None:
     for r in receives:
         parts = transport.recv(r.src, header(r.kind, r.batch, r.chunk, worker.like))
         worker.receive(r.kind, r.batch, r.chunk, tg.like(parts, worker.like))
 
 
-def _send(worker: Worker, transport, sends) -> None:
+def _send(worker: Worker, transport: Transport, sends) -> None:
     for s in sends:
         worker.outbox.append(s)  # in flight until the next tick: a checkpoint at this tick's end holds it
         transport.send(s.dst, header(s.kind, s.batch, s.chunk, s.state), list(tg.as_tuple(s.state)))

@@ -11,7 +11,7 @@ import torch
 
 from ..config import Config
 from ..engine.worker import Worker
-from ..transport.local import LocalHub
+from ..transport.factory import local_transports
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 
 
@@ -25,7 +25,7 @@ def run(cfg: Config, spec):
     for w in workers:
         start = resume_point(cfg, spec.name, w)
     reporter = Reporter(cfg, spec, workers[0], start)
-    transports = LocalHub(cfg.workers).transports()
+    transports = local_transports(cfg.workers)
     t0 = time.perf_counter()
     try:
         def gather(k):  # at a checkpoint every other worker waits at the same tick's end

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..engine.worker import Worker
-from ..transport.torch_dist import TorchDistTransport
+from ..transport.factory import process_transport
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 
 
@@ -26,7 +26,7 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
     if rank == 0:
         prepare_paths(cfg)
     t_build = time.perf_counter()
-    transport = TorchDistTransport(cfg.timeout_s, cfg.device, cfg.reduce)
+    transport = process_transport(cfg.timeout_s, cfg.device, cfg.reduce)
     data = cfg.parallel == "data"
     worker = Worker(spec, cfg, 0 if data else rank, share=(rank, world) if data else (0, 1))
     start = resume_point(cfg, spec.name, worker)
