@@ -7,8 +7,10 @@ sends what it returns, and reduces its gradient buffer with the other workers'. 
 ``grad_buffer`` -> all-reduce -> ``apply`` (or, with ``sync="exact"``, the buffer's two parts
 reduced and applied apart: ``model_grads``/``apply_model`` and ``synth_grads``/``apply_synth``).
 
-The gradient buffer (:mod:`.grad_buffer`), one per tick: ``[model grads | loss, chunks run,
-chunks skipped | synthesizer grads | chunks that trained it | evidence]``.
+Three parts, each readable alone: this file runs the chunks (stage compute and the two-step
+target bookkeeping), :mod:`.grad_buffer` holds what the all-reduce sums (``[model grads | loss,
+chunks run, chunks skipped | synthesizer grads | chunks that trained it | evidence]``), and
+:mod:`.worker_state` is what a checkpoint saves and restores.
 
 The K rule (what an optimizer step sees at any K; docs/tuning.md, "Workers"): every optimizer
 step, the model's and the synthesizer's, sees the MEAN over the chunks the tick trained of each
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import json
-from dataclasses import dataclass
 
 import torch
 
@@ -34,6 +35,7 @@ from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from .grad_buffer import EVIDENCE, SCALARS, TRAINED, GradBuffer  # noqa: F401 - EVIDENCE, SCALARS, TRAINED: layout
 from .schedule import Action, Schedule
+from .worker_state import Send, WorkerState, Waiting
 
 
 
@@ -41,33 +43,12 @@ class DivergenceError(RuntimeError):
     """Too many chunks in a recent window had a non-finite loss or gradient."""
 
 
-@dataclass(frozen=True)
-class Send:
-    """A message the loop must send: ``kind`` for boundary (batch, chunk) to worker ``dst``."""
-    dst: int
-    kind: str
-    batch: int
-    chunk: int
-    state: object
-
-
-@dataclass
-class _Waiting:
-    """A cut whose two-step target waits for the next cut's one-step target (``lookahead=2``)."""
-    start: object      # the state at the cut (the chunk's start, a leaf)
-    delta: object      # what reached it in the chunk's backward: dL_c/dh + J_c^T g
-    one_step: object   # its own one-step target (used if the next cut has none)
-    injected: object   # g injected at the chunk's end
-    weights: dict      # the weights the chunk ran with, and its inputs: to run it again
-    x: torch.Tensor
-
-
 def _finite(flat: torch.Tensor) -> bool:
     """No NaN or Inf in ``flat``: a finite sum proves it (one reduction instead of a mask)."""
     return bool(torch.isfinite(flat.sum())) or bool(torch.isfinite(flat).all())
 
 
-class Worker:
+class Worker(WorkerState):
     """One replica. ``position`` is its place in the pipeline (0 for a data-parallel replica,
     whose ``rows`` select its share of every batch)."""
 
@@ -272,7 +253,7 @@ class Worker:
             if s.sends_target(a):
                 self._sends.append(Send(self.position - 1, "target", a.batch, a.chunk - 1, one))
             if rerun is not None:
-                self._waiting[(a.batch, a.chunk)] = _Waiting(start, res.delta, one, res.injected, *rerun)
+                self._waiting[(a.batch, a.chunk)] = Waiting(start, res.delta, one, res.injected, *rerun)
             else:
                 bounds.append(start)
                 targets.append(one)
@@ -348,75 +329,3 @@ class Worker:
             raise DivergenceError(
                 f"training diverged: {bad} of the last {total} chunks had a non-finite loss or gradient "
                 f"(more than {self.cfg.divergence_threshold:.0%}); lower --lr, set --clip, or check the data")
-
-    # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        """Everything a resumed run needs, as tensors and plain types (loads with weights_only=True)."""
-        out = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-               "losses": torch.tensor(self.losses, dtype=torch.float64), "skipped": self.skipped,
-               "streams": {int(b): list(tg.as_tuple(s)) for b, s in self.streams.items()},
-               "recent": [list(v) for v in self._recent]}
-        if self.synth is not None:
-            out["synth"] = self.synth.state_dict()
-            out["synth_opt"] = self.synth.optimizer.state_dict()
-        return out
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.opt.load_state_dict(sd["opt"])
-        if self.synth is not None:
-            self.synth.load_state_dict(sd["synth"])
-            self.synth.optimizer.load_state_dict(sd["synth_opt"])
-        self.losses = [float(v) for v in sd["losses"].tolist()]
-        self.skipped = int(sd["skipped"])
-        self.streams = {int(b): tg.like([t.to(self.device) for t in parts], self.like)
-                        for b, parts in sd["streams"].items()}
-        self._recent.clear()
-        self._recent.extend(tuple(v) for v in sd.get("recent", []))
-
-    @property
-    def rank(self) -> int:
-        """This worker's place among all workers (its pipeline position, or its data-parallel share)."""
-        return self.share[0] if self.share[1] > 1 else self.position
-
-    def inflight_state(self) -> dict:
-        """What this worker alone holds at a tick's end, beyond the replica every worker shares
-        (:meth:`state_dict`): the state carried to its next chunk, the streams it continues, the
-        cuts waiting for a two-step target, what it sent this tick (received next tick), its
-        counters and its RNG. Tensors and plain types (loads with weights_only=True)."""
-        def parts(state):
-            return [] if state is None else [t.detach().cpu() for t in tg.as_tuple(state)]
-        return {"carry": parts(self._carry),
-                "streams": {int(b): parts(s) for b, s in self.streams.items()},
-                "waiting": [{"batch": b, "chunk": c, "start": parts(w.start), "delta": parts(w.delta),
-                             "one_step": parts(w.one_step), "injected": parts(w.injected),
-                             "weights": {k: v.cpu() for k, v in w.weights.items()}, "x": w.x.cpu()}
-                            for (b, c), w in self._waiting.items()],
-                "outbox": [{"dst": m.dst, "kind": m.kind, "batch": m.batch, "chunk": m.chunk,
-                            "state": parts(m.state)} for m in self.outbox],
-                "counters": [self.n_targets, self.n_jtg_passes, self.stream_resets],
-                "rng": torch.get_rng_state()}
-
-    def load_checkpoint(self, ckpt: dict) -> None:
-        """Load a checkpoint: the shared replica, this worker's in-flight state, and (a checkpoint
-        taken mid-run) where in the schedule to go on (:attr:`resumed_at`)."""
-        self.load_state_dict(ckpt["worker"])
-        inflight = ckpt.get("inflight")
-        self.resumed_at = ckpt.get("loop")
-        if inflight is None:  # an older checkpoint: taken with the pipeline drained
-            return
-        if len(inflight) <= self.rank:
-            raise ValueError(f"the checkpoint holds {len(inflight)} workers' state; this is worker {self.rank}")
-        mine = inflight[self.rank]
-
-        def state(parts):
-            return tg.like([t.to(self.device) for t in parts], self.like) if parts else None
-        self._carry = state(mine["carry"])
-        self.streams = {int(b): state(p) for b, p in mine["streams"].items()}
-        self._waiting = {(w["batch"], w["chunk"]): _Waiting(
-            tg.detach_requires_grad(state(w["start"])), state(w["delta"]), state(w["one_step"]), state(w["injected"]),
-            {k: v.to(self.device) for k, v in w["weights"].items()}, w["x"].to(self.device)) for w in mine["waiting"]}
-        self.outbox = [Send(m["dst"], m["kind"], m["batch"], m["chunk"], state(m["state"])) for m in mine["outbox"]]
-        self.n_targets, self.n_jtg_passes, self.stream_resets = (int(v) for v in mine["counters"])
-        torch.set_rng_state(mine["rng"])
-
