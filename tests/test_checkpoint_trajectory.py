@@ -115,3 +115,16 @@ def test_torchrun_with_checkpoints_and_resumed_equals_debug_without(tmp_path):
     assert got[0]["losses"] == ref["losses"]
     for k, v in model.state_dict().items():
         assert torch.equal(got[1]["model"][k], v), k
+
+
+def test_resuming_with_fewer_steps_than_the_batches_in_flight_is_an_error(tmp_path):
+    """K=4, one chunk a worker: at the checkpoint of batch 4, batches 4-6 are in flight (partly
+    trained); a resumed run that would end before them says so instead of running something else."""
+    fields = dict(BASE, workers=4, synth_options=opts())
+    d = str(tmp_path / "ck")
+    kill = dict(checkpoint_dir=d, checkpoint_every=4, fail_at=6, fail_rank=3, fail_mode="raise")
+    with pytest.raises(WorkerFailure):
+        _run(fields, None, **kill)
+    assert latest(d)[1]["loop"]["started"] == 7
+    with pytest.raises(ValueError, match=r"batches up to 6 in flight .* past --steps 5: resume with --steps >= 7"):
+        _run({**fields, "steps": 5}, None, resume=True, **kill)

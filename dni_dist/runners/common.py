@@ -245,6 +245,10 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
     first = at["first_batch"] if at else start
     if first >= cfg.steps:  # resumed from the run's last checkpoint: nothing left to run
         return
+    if at and at.get("started", 0) > cfg.steps:
+        raise ValueError(f"--resume: the checkpoint was taken with batches up to {at['started'] - 1} in flight "
+                         f"(started, partly trained), past --steps {cfg.steps}: resume with --steps >= "
+                         f"{at['started']}")
     sched = schedule_for(cfg, first, stream_groups(cfg, spec), synth.lookahead if synth else 1,
                          synth.train_every if synth else 1)
     on_tick = None if reporter is None else (lambda t: reporter.update(sched.first_batch + sched.done_by(t)))
@@ -253,7 +257,8 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
         states = gather(worker.inflight_state())
         if reporter is not None:
             save_checkpoint(cfg, spec.name, sched.first_batch + sched.done_by(tick), worker, states,
-                            {"first_batch": sched.first_batch, "tick": tick + 1, "pending": pending})
+                            {"first_batch": sched.first_batch, "tick": tick + 1, "pending": pending,
+                             "started": sched.first_batch + sched.started_by(tick)})
 
     yield from run_schedule(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers,
                             lambda t: checkpoint_due(cfg, sched, t), on_checkpoint,
