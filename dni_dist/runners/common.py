@@ -257,12 +257,14 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
         states = gather(worker.inflight_state())
         if reporter is not None:
             save_checkpoint(cfg, spec.name, sched.first_batch + sched.done_by(tick), worker, states,
-                            {"first_batch": sched.first_batch, "tick": tick + 1, "pending": pending,
+                            {"first_batch": sched.first_batch, "tick": tick + 1,
+                             "pending": None if pending is None else pending.cpu(),
                              "started": sched.first_batch + sched.started_by(tick)})
 
     yield from run_schedule(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers,
                             lambda t: checkpoint_due(cfg, sched, t), on_checkpoint,
-                            start_tick=at["tick"] if at else 0, pending=at["pending"] if at else None)
+                            start_tick=at["tick"] if at else 0,
+                            pending=at["pending"].to(worker.device) if at and at["pending"] is not None else None)
     worker.resumed_at = None
     if cfg.checkpoint_every:  # the last checkpoint, the pipeline drained
         states = gather(worker.inflight_state())
