@@ -115,7 +115,7 @@ def test_the_synthesizer_steps_on_the_mean_over_the_chunks_that_trained_it(monke
     from dni_dist.engine.worker import EVIDENCE, Worker
     cfg = Config(workers=2, steps=1, chunks=CHUNKS, truncation=T, progress=False)
     w = Worker(SPEC, cfg, 0)
-    n = w.grads.n_synth
+    n = w._n_synth
     seen = {}
     monkeypatch.setattr(w.synth, "finish_update",
                         lambda ev: seen.update(grad=torch.cat([p.grad.reshape(-1) for p in w.sparams]).clone(),

@@ -7,10 +7,9 @@ sends what it returns, and reduces its gradient buffer with the other workers'. 
 ``grad_buffer`` -> all-reduce -> ``apply`` (or, with ``sync="exact"``, the buffer's two parts
 reduced and applied apart: ``model_grads``/``apply_model`` and ``synth_grads``/``apply_synth``).
 
-Three parts, each readable alone: this file runs the chunks (stage compute and the two-step
-target bookkeeping), :mod:`.grad_buffer` holds what the all-reduce sums (``[model grads | loss,
-chunks run, chunks skipped | synthesizer grads | chunks that trained it | evidence]``), and
-:mod:`.worker_state` is what a checkpoint saves and restores.
+The buffer, one per tick: ``[model grads | loss, chunks run, chunks skipped | synthesizer grads |
+chunks that trained it | evidence]``; the model's step needs only the first two parts, the
+synthesizer's only the last three. What a checkpoint saves and restores is :mod:`.worker_state`.
 
 The K rule (what an optimizer step sees at any K; docs/tuning.md, "Workers"): every optimizer
 step, the model's and the synthesizer's, sees the MEAN over the chunks the tick trained of each
@@ -33,10 +32,13 @@ from ..config import Config
 from ..optim import adam
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
-from .grad_buffer import EVIDENCE, SCALARS, TRAINED, GradBuffer  # noqa: F401 - EVIDENCE, SCALARS, TRAINED: layout
 from .schedule import Action, Schedule
-from .worker_state import Send, WorkerState, Waiting
+from .worker_state import Send, WorkerState
+from .worker_state import Waiting as _Waiting
 
+EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate), at the end of the buffer
+SCALARS = 3  # loss sum, chunks run, chunks skipped: right after the model's gradients
+TRAINED = 1  # chunks that regressed the synthesizer this tick: between its gradients and the evidence
 
 
 class DivergenceError(RuntimeError):
@@ -69,8 +71,16 @@ class Worker(WorkerState):
                     **(json.loads(cfg.synth_options) if cfg.synth_options else {})}
             self.synth = Synthesizer.for_state(self.like, **opts)
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
+        # Gradients accumulate straight into one flat buffer per tick (params' .grad are views of
+        # it), which is what the all-reduce sums in place: no copy in, no copy out. Two buffers
+        # alternate, so that with sync="overlap" the one in flight is never written.
+        self._n_model = sum(p.numel() for p in self.params)
+        self._split = self._n_model + SCALARS  # where the synthesizer's part of the buffer starts
+        self._n_synth = sum(p.numel() for p in self.sparams)
+        size = self._split + self._n_synth + TRAINED + EVIDENCE
         dtype = self.params[0].dtype if self.params else torch.float32
-        self.grads = GradBuffer(self.params, self.sparams, dtype, self.device)  # what the all-reduce sums
+        self._bufs = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(2)]
+        self._cur = 0
         self.schedule: Schedule | None = None
         self._graph: ChunkGraph | None = None
         self._action: Action | None = None
@@ -142,9 +152,24 @@ class Worker(WorkerState):
     # ---------------------------------------------------------------- one tick
     def idle(self) -> None:
         """Clear this tick's gradients and targets (also the start of every tick)."""
-        self.grads.start_tick()
+        buf = self._bufs[self._cur]
+        buf.zero_()
+        self._bind(buf)
         self._loss, self._ran, self._skipped, self._targets = 0.0, 0, 0, []
         self._rerun = None
+
+    def _bind(self, flat: torch.Tensor) -> None:
+        """Make every parameter's .grad a view of ``flat`` (model first, then synthesizer)."""
+        self._bind_part(self.params, flat[:self._n_model])
+        self._bind_part(self.sparams, flat[self._split:])
+
+    @staticmethod
+    def _bind_part(params: list, flat: torch.Tensor) -> None:
+        offset = 0
+        for p in params:
+            k = p.numel()
+            p.grad = flat[offset:offset + k].view_as(p)
+            offset += k
 
     def forward(self, a: Action | None, poison: bool = False) -> list[Send]:
         """Run the chunk's forward pass; returns the states to send on at once."""
@@ -218,7 +243,10 @@ class Worker(WorkerState):
         """The model's part of this tick's buffer (its gradients and the tick's scalars), final once
         :meth:`backward` ran: with ``sync="exact"`` its all-reduce starts here and runs while the
         synthesizer's regression (:meth:`synth_grads`) is computed."""
-        return self.grads.model_part(self._loss, self._ran, self._skipped)
+        buf = self._bufs[self._cur]
+        buf[self._n_model:self._split] = torch.tensor([self._loss, float(self._ran), float(self._skipped)],
+                                                      dtype=buf.dtype)
+        return buf[:self._split]
 
     def synth_grads(self) -> torch.Tensor:
         """The synthesizer's part of this tick's buffer: its regression gradients and evidence.
@@ -227,7 +255,11 @@ class Worker(WorkerState):
         bounds, targets = self._regression_targets()
         if bounds:
             ev = self.synth.accumulate(bounds, targets)
-        return self.grads.synth_part(ev, bool(bounds))
+        buf = self._bufs[self._cur]
+        buf[-EVIDENCE:] = ev.to(buf.dtype)
+        buf[-EVIDENCE - TRAINED] = 1.0 if bounds else 0.0
+        self._cur ^= 1
+        return buf[self._split:]
 
     def _regression_targets(self) -> tuple[list, list]:
         """The (cut, target) pairs regressed on this tick. One-step: the cut at this chunk's
@@ -253,7 +285,7 @@ class Worker(WorkerState):
             if s.sends_target(a):
                 self._sends.append(Send(self.position - 1, "target", a.batch, a.chunk - 1, one))
             if rerun is not None:
-                self._waiting[(a.batch, a.chunk)] = Waiting(start, res.delta, one, res.injected, *rerun)
+                self._waiting[(a.batch, a.chunk)] = _Waiting(start, res.delta, one, res.injected, *rerun)
             else:
                 bounds.append(start)
                 targets.append(one)
@@ -289,18 +321,22 @@ class Worker(WorkerState):
         """This tick's whole buffer, to be summed over workers and passed to :meth:`apply`."""
         self.model_grads()
         self.synth_grads()
-        return self.grads.handed_out()
+        return self._bufs[self._cur ^ 1]
 
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
-        self.apply_model(total[:self.grads.split])
-        self.apply_synth(total[self.grads.split:])
+        self.apply_model(total[:self._split])
+        self.apply_synth(total[self._split:])
 
     def apply_model(self, total: torch.Tensor) -> None:
         """Step the model on its summed part of the buffer (gradients and scalars)."""
-        grads, loss, ran, skipped = self.grads.model_step(total)  # the K rule: the mean over the chunks that ran
+        loss, ran, skipped = total[-SCALARS:].tolist()
+        grads = total[:self._n_model]
+        if ran > 1:  # the K rule: the mean over the chunks that ran (data-parallel replicas: as DDP)
+            grads.div_(ran)
         if ran > 0 and not _finite(grads):
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
+        self._bind_part(self.params, grads)
         if ran > 0:
             if self.cfg.clip:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
@@ -315,9 +351,11 @@ class Worker(WorkerState):
         tick's sum between this tick's forward and backward) accumulates in the right place."""
         if self.synth is None:
             return
-        evidence = self.grads.synth_step(total)  # the K rule: the mean over the chunks that regressed it
-        self.synth.finish_update(evidence.double().cpu())
-        self.grads.rebind_synth()
+        # the K rule: the mean over the chunks that regressed it (a division by 1 changes no bit)
+        total[:self._n_synth].div_(total[self._n_synth].clamp(min=1))
+        self._bind_part(self.sparams, total)
+        self.synth.finish_update(total[-EVIDENCE:].double().cpu())
+        self._bind_part(self.sparams, self._bufs[self._cur][self._split:])
 
     def _check_divergence(self, ran: int, skipped: int) -> None:
         self._recent.append((ran, skipped))
