@@ -330,10 +330,11 @@ class Worker(WorkerState):
 
     def apply_model(self, total: torch.Tensor) -> None:
         """Step the model on its summed part of the buffer (gradients and scalars)."""
-        loss, ran, skipped = total[-SCALARS:].tolist()
         grads = total[:self._n_model]
-        if ran > 1:  # the K rule: the mean over the chunks that ran (data-parallel replicas: as DDP)
-            grads.div_(ran)
+        # the K rule: the mean over the chunks that ran (data-parallel replicas: as DDP); a tensor
+        # op, no host read, and a division by 1 changes no bit
+        grads.div_(total[-SCALARS + 1].clamp(min=1))
+        loss, ran, skipped = total[-SCALARS:].tolist()
         if ran > 0 and not _finite(grads):
             skipped, ran = skipped + ran, 0  # a finite loss with a non-finite gradient: no step
         self._bind_part(self.params, grads)
