@@ -51,8 +51,8 @@ def main():
             times.append(time.perf_counter() - t)
         dt = statistics.median(times)
         if rank == 0:
-            print(f"K={world} {args.reduce:>13}  {n * 4 / 1e6:5.2f} MB  {dt * 1e3:6.2f} ms  {n * 4 / dt / 1e6:5.0f} MB/s",
-                  flush=True)
+            print(f"K={world} {args.reduce:>13}  {n * 4 / 1e6:5.2f} MB  {dt * 1e3:6.2f} ms  "
+                  f"{n * 4 / dt / 1e6:5.0f} MB/s", flush=True)
     dist.destroy_process_group()
 
 

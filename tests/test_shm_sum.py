@@ -64,7 +64,8 @@ def test_four_workers_sum_slices_in_rank_order_with_debug_modes_bits():
     local = hub.transports()
     want = []
     for n in SIZES:
-        hs = [t.start_all_reduce(torch.full((n,), ORDER[r % 4]) + torch.arange(n) * (r + 1)) for r, t in enumerate(local)]
+        hs = [t.start_all_reduce(torch.full((n,), ORDER[r % 4]) + torch.arange(n) * (r + 1))
+              for r, t in enumerate(local)]
         want.append([t.finish(h) for t, h in zip(local, hs)][0].tolist())
     assert want[0][0] == 1.0  # rank order tells itself apart
     ctx = mp.get_context("spawn")

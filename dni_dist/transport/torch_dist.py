@@ -308,7 +308,8 @@ class TorchDistTransport:
         except TimeoutError:
             late = ", ".join(f"worker {k}" for k in slots.not_reduced(seq))
             raise TimeoutError(f"worker {self.rank}: the gradient sum {seq} did not complete within {limit:g}s: "
-                               f"{late} never added its slice (stopped, hung, or much slower than the others)") from None
+                               f"{late} never reached it (its slice was not added: stopped, hung, or much slower "
+                               "than the others)") from None
         except ConnectionError:
             gone = ", ".join(f"worker {k}" for k, p in enumerate(self._pids) if not _alive(p))
             raise ConnectionError(f"worker {self.rank}: {gone or 'a worker'} exited during gradient sum {seq} (its "
