@@ -218,11 +218,9 @@ def write_metrics(path: str, m: dict) -> None:
 
 
 def stream_groups(cfg: Config, spec) -> int:
-    g = spec.stream_groups if cfg.stream_groups < 0 else cfg.stream_groups
-    if g and cfg.parallel == "data" and cfg.checkpoint_every:
-        raise ValueError("stream_groups with parallel='data' cannot be checkpointed (each replica holds its own "
-                         "rows' streams); use the pipeline, or no --checkpoint-every")
-    return g
+    """The spec's stream groups unless the config sets them. (With parallel='data' each replica
+    holds its own rows' streams: a checkpoint saves every rank's, :meth:`Worker.inflight_state`.)"""
+    return spec.stream_groups if cfg.stream_groups < 0 else cfg.stream_groups
 
 
 def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None", gather=None):
