@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from .config import TASK, Config, ConfigError, defaults, unknown_key
-from .spec import Spec, load_spec
+from .runners.spec_source import resolve_spec, spec_path  # noqa: F401 - part of fit's surface
+from .spec import Spec, SpecError, guard  # noqa: F401 - SpecError: part of fit's surface
 
 
 class ConfigWarning(UserWarning):
@@ -31,88 +32,6 @@ class Result:
     """The trained nn.Module (every rank under torchrun: the replicas are equal at the end)."""
     metrics: dict | None
     """losses, tokens_per_s, evals, ... (None on ranks other than 0)."""
-
-
-def spec_path(cfg: Config) -> str:
-    """How the config names its spec: the import path, or ``task:<name>`` for a built-in task."""
-    return cfg.spec or f"task:{cfg.task}"
-
-
-def resolve_spec(cfg: Config) -> Spec:
-    """The config's spec: ``--spec module:attr``, else the built-in ``--task``."""
-    if cfg.spec:
-        spec = load_spec(cfg.spec)
-    else:
-        from .tasks.specs import task_spec
-        spec = task_spec(cfg)
-    spec.name = spec_path(cfg)
-    return spec
-
-
-class SpecError(RuntimeError):
-    """A function of the user's spec raised, or returned what the engine cannot use. The message
-    names the function; ``__cause__`` keeps the user's traceback."""
-
-
-class _Guarded:
-    """A spec function that names itself when it raises or returns something unusable."""
-
-    def __init__(self, fn, name: str):
-        self.fn, self.name = fn, name
-        self.first = None  # batch: (index, batch size) of the first batch seen in this process
-
-    def __call__(self, *args, **kwargs):
-        where = f"Spec.{self.name}({args[0]})" if self.name == "batch" and args else f"Spec.{self.name}"
-        try:
-            out = self.fn(*args, **kwargs)
-        except SpecError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the user's own error, kept as the cause
-            raise SpecError(f"{where} raised {type(e).__name__}: {e}") from e
-        check = getattr(self, f"_check_{self.name}", None)
-        if check is not None:
-            check(out, where, args)
-        return out
-
-    def _check_batch(self, out, where, args):
-        import torch
-        if not isinstance(out, (tuple, list)) or not out or not torch.is_tensor(out[0]) or out[0].dim() < 1:
-            return  # the data contract's own check (spec.split_batch) names what is wrong
-        size = out[0].shape[0]
-        if self.first is None:
-            self.first = (args[0] if args else 0, size)
-        elif size != self.first[1]:
-            raise SpecError(f"{where} returned a batch of {size} sequences but Spec.batch({self.first[0]}) returned "
-                            f"{self.first[1]}: every batch must have the same number of sequences")
-
-    def _check_model(self, out, where, args):
-        import torch
-        if not isinstance(out, torch.nn.Module):
-            raise SpecError(f"{where} returned {type(out).__name__}; expected a torch.nn.Module whose "
-                            "forward(x, state) returns (out, state)")
-
-    def _check_optimizer(self, out, where, args):
-        if out is None or not (callable(getattr(out, "step", None)) and callable(getattr(out, "zero_grad", None))
-                               and callable(getattr(out, "state_dict", None))):
-            raise SpecError(f"{where} returned {type(out).__name__}; expected a torch.optim.Optimizer over the "
-                            "parameters it was given (does the function end with `return`?)")
-
-    def _check_loss(self, out, where, args):
-        import torch
-        if torch.is_grad_enabled() and torch.is_tensor(out) and not out.requires_grad:
-            raise SpecError(f"{where} returned a tensor that does not require grad, so nothing can be trained: "
-                            "compute it from the model's output with torch operations (no .item(), .detach(), "
-                            "numpy or torch.no_grad())")
-
-
-def guard(spec: Spec) -> Spec:
-    """A copy of ``spec`` whose functions name themselves in any error they raise (idempotent)."""
-    wrapped = {}
-    for name in ("model", "batch", "loss", "optimizer", "evaluate"):
-        fn = getattr(spec, name)
-        if fn is not None and not isinstance(fn, _Guarded):
-            wrapped[name] = _Guarded(fn, name)
-    return dataclasses.replace(spec, **wrapped) if wrapped else spec
 
 
 def check_device(cfg: Config) -> None:

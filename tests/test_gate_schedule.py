@@ -2,6 +2,7 @@
 ticks and hold the same view, so a checkpoint of one resumes them all exactly, and one worker's
 run equals the seed API's loop with the same schedule."""
 import json
+import shutil
 
 import torch
 
@@ -30,8 +31,9 @@ def test_a_resumed_two_worker_run_reads_the_gate_as_the_whole_run_did(tmp_path, 
     whole = debug.run(cfg, resolve_spec(cfg))[1]
     assert whole["synth"]["jtg_passes"] > 0  # the gate opened on a scheduled read: injections happened
     assert seen[0] == seen[1] and len(seen[0]) > 10  # tick by tick, the same clock and view
-    half = Config(**{**base, "steps": 3}, checkpoint_dir=str(tmp_path / "b"))
-    debug.run(half, resolve_spec(half))
+    # killed after the mid-run checkpoint at batch 3 (batches in flight: saved, not drained)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "ckpt-00000003.pt", tmp_path / "b" / "ckpt-00000003.pt")
     again = Config(**base, checkpoint_dir=str(tmp_path / "b"), resume=True)
     assert debug.run(again, resolve_spec(again))[1]["losses"] == whole["losses"]
 

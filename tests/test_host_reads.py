@@ -99,7 +99,7 @@ def test_an_engine_tick_reads_nothing_after_the_warmup(kind, workers, monkeypatc
     if kind == "gru":
         spec = dataclasses.replace(spec, model=lambda: SeqModel(1, cfg.hidden, 1, cell="gru"))
     ticks = []
-    original = loop.run_segment
+    original = loop.run_schedule
 
     def run_segment(worker, *a, **k):
         for _ in original(worker, *a, **k):
@@ -108,7 +108,7 @@ def test_an_engine_tick_reads_nothing_after_the_warmup(kind, workers, monkeypatc
                 sites.on = len(ticks) > 12  # past the gate's warm-up
             yield
 
-    monkeypatch.setattr(loop, "run_segment", run_segment)  # the runners import it when they run
+    monkeypatch.setattr(loop, "run_schedule", run_segment)  # the runners import it when they run
     finish = debug.finish
 
     def finished(*a, **k):

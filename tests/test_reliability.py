@@ -16,6 +16,7 @@ from dni_dist.config import Config
 
 from dni_dist.fit import resolve_spec
 from dni_dist.runners import debug
+from dni_dist.testing.faults import WorkerFailure
 from test_engine import SMALL, _free_port, run_debug, run_spawned, synth_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,8 +239,10 @@ def test_debug_resume_is_exact(warmup, tmp_path):
     count must be saved and restored for the resumed run to open the gate when the whole run does."""
     base = dict(SMALL, steps=6, workers=2, checkpoint_every=3, synth_options=synth_opts(gate_warmup=warmup))
     whole = run_debug(Config(**base, checkpoint_dir=str(tmp_path / "a")))["losses"]
-    run_debug(Config(**{**base, "steps": 3}, checkpoint_dir=str(tmp_path / "b")))
-    resumed = run_debug(Config(**base, checkpoint_dir=str(tmp_path / "b"), resume=True))["losses"]
+    kill = dict(checkpoint_dir=str(tmp_path / "b"), fail_at=4, fail_rank=1, fail_mode="raise")  # after ckpt-3
+    with pytest.raises(WorkerFailure):
+        run_debug(Config(**base, **kill))
+    resumed = run_debug(Config(**base, **kill, resume=True))["losses"]
     assert resumed == whole
 
 
@@ -256,7 +259,8 @@ def test_torch_distributed_resume_matches_debug(tmp_path):
     base = dict(SMALL, steps=6, workers=2, checkpoint_every=3)
     whole = run_debug(Config(**base, checkpoint_dir=str(tmp_path / "ref")))["losses"]
     d = str(tmp_path / "dist")
-    run_spawned(Config(**{**base, "steps": 3}, backend="torch", checkpoint_dir=d), tmp_path)
+    run_spawned(Config(**base, backend="torch", checkpoint_dir=d), tmp_path)
+    os.remove(os.path.join(d, "ckpt-00000006.pt"))  # resume from ckpt-3, taken with batches in flight
     losses = run_spawned(Config(**base, backend="torch", checkpoint_dir=d, resume=True), tmp_path)
     assert losses[0]["losses"] == whole
 

@@ -15,14 +15,21 @@ A tick, for each worker:
      regression are computed);
   4. finish the all-reduce and step (``overlap``: the previous tick's, one step stale; ``exact``:
      the model at once, the synthesizer after the next tick's forward pass, which does not use it).
+
+The whole run is one schedule: a checkpoint is taken at a tick's end with what is in flight (the
+messages sent that tick, the sum not yet applied, each worker's carried and waiting states), so
+checkpointing never changes what is computed (issue 30, goal 2).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
+import torch
+
 from .. import targets as tg
-from ..transport.base import Message
+from ..transport.base import Message, Transport
 from .schedule import Receive, Schedule  # noqa: F401 - Receive: what _receive takes
 from .worker import Worker
 
@@ -32,17 +39,41 @@ def header(kind: str, batch: int, chunk: int, like) -> Message:
     return Message(kind, batch, chunk, tuple(tuple(t.shape) for t in parts), parts[0].dtype)
 
 
-def segments(cfg, start: int, stream_groups: int, lookahead: int = 1, train_every: int = 1) -> Iterator[Schedule]:
-    """Batches ``[start, steps)`` cut at checkpoints. The pipeline drains at each cut so a
-    checkpoint holds no message in flight, and a resumed run repeats the same computation."""
-    every = cfg.checkpoint_every or cfg.steps
-    b = start
-    while b < cfg.steps:
-        n = min(every - b % every, cfg.steps - b)
-        workers = 1 if cfg.parallel == "data" else cfg.workers
-        yield Schedule(cfg.chunks, workers, n, first_batch=b, stream_groups=stream_groups,
-                       deltas=cfg.mode == "dni", lookahead=lookahead, train_every=train_every)
-        b += n
+def step_rule(workers: int, parallel: str = "pipeline") -> str:
+    """The K rule in one line, printed at start: what one optimizer step sees at this K.
+
+    Every optimizer step (the model's and the synthesizer's) sees the mean, over the chunks its
+    tick trained, of each chunk's gradient; at K=1 that is one step per chunk on that chunk's
+    gradient, so a learning rate means the same at any K (:mod:`.worker` divides the summed buffer)."""
+    if parallel == "data":
+        if workers == 1:
+            return "K=1: one optimizer step per chunk, on that chunk's gradient"
+        return (f"K={workers} data-parallel: one optimizer step per chunk, mean of {workers} replicas "
+                f"(each 1/{workers} of the batch), as DDP")
+    if workers == 1:
+        return "K=1: one optimizer step per chunk, on that chunk's gradient"
+    return (f"K={workers}: one optimizer step per tick, mean of {workers} chunks (fewer while the pipeline "
+            "fills and drains); the synthesizer's too")
+
+
+def schedule_for(cfg, first_batch: int, stream_groups: int, lookahead: int = 1, train_every: int = 1) -> Schedule:
+    """The whole run from ``first_batch`` to ``cfg.steps`` as one schedule. Checkpoints do not cut
+    it: the pipeline never drains before the end, so a run that checkpoints computes what a run
+    that does not computes (a checkpoint holds what is in flight instead; issue 30, goal 2)."""
+    workers = 1 if cfg.parallel == "data" else cfg.workers
+    return Schedule(cfg.chunks, workers, cfg.steps - first_batch, first_batch=first_batch,
+                    stream_groups=stream_groups, deltas=cfg.mode == "dni", lookahead=lookahead,
+                    train_every=train_every)
+
+
+@dataclass
+class Ready:
+    """An all-reduce already finished: its sum (finished early at a checkpoint, or restored from one)."""
+    total: torch.Tensor
+
+
+def _finish(transport: Transport, pending) -> torch.Tensor:
+    return pending.total if isinstance(pending, Ready) else transport.finish(pending)
 
 
 class Timers:
@@ -59,17 +90,33 @@ class Timers:
         self._t = now
 
 
-def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=None,
-                on_tick=None, timers: Timers | None = None) -> Iterator[None]:
-    """Run one segment to its end, the pipeline drained. ``on_tick(tick)`` runs after each step."""
+def run_schedule(worker: Worker, transport: Transport, sched: Schedule, sync: str, faults=None, on_tick=None,
+                 timers: Timers | None = None, checkpoint_at=None, on_checkpoint=None, start_tick: int = 0,
+                 pending: torch.Tensor | None = None) -> Iterator[None]:
+    """Run ``sched`` from tick ``start_tick`` to its end, the pipeline drained at the end only.
+
+    ``on_tick(tick)`` runs after each step. Where ``checkpoint_at(tick)`` is true, every worker
+    meets at the tick's end (a yield: in debug mode the others have finished the tick too), the
+    all-reduce in flight is finished early (the same sum it would give a tick later) and
+    ``on_checkpoint(tick, total)`` saves; nothing drains. A run resumed from such a checkpoint
+    starts at ``start_tick`` (the next tick) with that sum as ``pending`` and the worker's
+    in-flight state loaded (:meth:`Worker.load_inflight`); it first sends again what the
+    worker had sent in the checkpointed tick (the messages in flight then).
+    """
     pos = worker.position
-    worker.begin(sched)
     tm = timers or Timers()
-    pending = None            # overlap: the all-reduce started last tick; exact: its synthesizer part
-    for t in range(sched.ticks):
+    if start_tick == 0:
+        worker.begin(sched)
+    else:
+        worker.schedule = sched
+        worker._tick = start_tick - 1  # forward counts ticks from here (the synthesizer's clock asks the schedule)
+        _send(worker, transport, worker.take_outbox())
+    pending = None if pending is None else Ready(pending)  # overlap: the all-reduce started last tick;
+    for t in range(start_tick, sched.ticks):               # exact: its synthesizer part
         a = sched.action(pos, t)
         yield
         tm.lap("other")
+        worker.take_outbox()  # what the previous tick sent has been received
         _receive(worker, transport, sched.receives_before(pos, t))
         tm.lap("wait_state")
         poison = faults.before_chunk(pos, a, sched) if faults is not None and a is not None else False
@@ -77,7 +124,7 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
         if sync == "exact":
             if pending is not None:  # the synthesizer is first used by this backward: step it now
                 tm.lap("compute")
-                total = transport.finish(pending)
+                total = _finish(transport, pending)
                 tm.lap("all_reduce")
                 worker.apply_synth(total)
             worker.backward()
@@ -100,27 +147,36 @@ def run_segment(worker: Worker, transport, sched: Schedule, sync: str, faults=No
             _send(worker, transport, worker.take_sends())
             tm.lap("compute")
             if pending is not None:
-                total = transport.finish(pending)
+                total = _finish(transport, pending)
                 tm.lap("all_reduce")
                 worker.apply(total)
             pending = transport.start_all_reduce(buf)
         tm.lap("compute")
         if on_tick is not None:
             on_tick(t)
+        if checkpoint_at is not None and checkpoint_at(t):
+            yield  # every worker at the tick's end
+            tm.lap("other")
+            if pending is not None:
+                pending = Ready(transport.finish(pending))
+            tm.lap("all_reduce")
+            on_checkpoint(t, None if pending is None else pending.total)
         tm.lap("other")
     yield
-    if pending is not None:  # drain before the segment ends
-        total = transport.finish(pending)
+    if pending is not None:  # drain at the end of the run
+        total = _finish(transport, pending)
         worker.apply_synth(total) if sync == "exact" else worker.apply(total)
+    worker.take_outbox()
     _receive(worker, transport, sched.receives_at_drain(pos))
 
 
-def _receive(worker: Worker, transport, receives: list[Receive]) -> None:
+def _receive(worker: Worker, transport: Transport, receives: list[Receive]) -> None:
     for r in receives:
         parts = transport.recv(r.src, header(r.kind, r.batch, r.chunk, worker.like))
         worker.receive(r.kind, r.batch, r.chunk, tg.like(parts, worker.like))
 
 
-def _send(worker: Worker, transport, sends) -> None:
+def _send(worker: Worker, transport: Transport, sends) -> None:
     for s in sends:
+        worker.outbox.append(s)  # in flight until the next tick: a checkpoint at this tick's end holds it
         transport.send(s.dst, header(s.kind, s.batch, s.chunk, s.state), list(tg.as_tuple(s.state)))

@@ -116,6 +116,10 @@ class Schedule:
         """How many of the schedule's batches have left the last worker after ``tick``."""
         return bisect.bisect_right(self.starts, tick - self.workers * self.block + 1)
 
+    def started_by(self, tick: int) -> int:
+        """How many of the schedule's batches have started on worker 0 by ``tick`` (inclusive)."""
+        return bisect.bisect_right(self.starts, tick)
+
     def action(self, worker: int, tick: int) -> Action | None:
         j = tick - worker * self.block
         i = bisect.bisect_right(self.starts, j) - 1

@@ -8,12 +8,20 @@ sends what it returns, and reduces its gradient buffer with the other workers'. 
 reduced and applied apart: ``model_grads``/``apply_model`` and ``synth_grads``/``apply_synth``).
 
 The buffer, one per tick: ``[model grads | loss, chunks run, chunks skipped | synthesizer grads |
-evidence]``; the model's step needs only the first two parts, the synthesizer's only the last two.
+chunks that trained it | evidence]``; the model's step needs only the first two parts, the
+synthesizer's only the last three. What a checkpoint saves and restores is :mod:`.worker_state`.
+
+The K rule (what an optimizer step sees at any K; docs/tuning.md, "Workers"): every optimizer
+step, the model's and the synthesizer's, sees the MEAN over the chunks the tick trained of each
+chunk's gradient, where one chunk's gradient is exactly what one step takes at K=1 (one step per
+chunk). A tick of K pipeline workers runs up to K chunks of different positions in the sequence;
+the sum the all-reduce returns is divided by the number that ran (the model) and the number that
+regressed the synthesizer (the synthesizer), so a learning rate means the same at K=1 and K=8, as
+data parallelism averages over replicas (which, holding 1/K of a batch each, follow the same rule).
 """
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 
 import torch
 
@@ -25,35 +33,17 @@ from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from ..trainer import Trainer
 from .schedule import Action, Schedule
+from .worker_state import Send, WorkerState
+from .worker_state import Waiting as _Waiting
 
 EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate), at the end of the buffer
 SCALARS = 3  # loss sum, chunks run, chunks skipped: right after the model's gradients
 DIVERGENCE_CHECK_EVERY = 16  # ticks between two reads of the divergence window (the window if shorter)
+TRAINED = 1  # chunks that regressed the synthesizer this tick: between its gradients and the evidence
 
 
 class DivergenceError(RuntimeError):
     """Too many chunks in a recent window had a non-finite loss or gradient."""
-
-
-@dataclass(frozen=True)
-class Send:
-    """A message the loop must send: ``kind`` for boundary (batch, chunk) to worker ``dst``."""
-    dst: int
-    kind: str
-    batch: int
-    chunk: int
-    state: object
-
-
-@dataclass
-class _Waiting:
-    """A cut whose two-step target waits for the next cut's one-step target (``lookahead=2``)."""
-    start: object      # the state at the cut (the chunk's start, a leaf)
-    delta: object      # what reached it in the chunk's backward: dL_c/dh + J_c^T g
-    one_step: object   # its own one-step target (used if the next cut has none)
-    injected: object   # g injected at the chunk's end
-    weights: dict      # the weights the chunk ran with, and its inputs: to run it again
-    x: torch.Tensor
 
 
 def _finite(flat: torch.Tensor) -> torch.Tensor:
@@ -61,7 +51,7 @@ def _finite(flat: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(flat).all()
 
 
-class Worker:
+class Worker(WorkerState):
     """One replica. ``position`` is its place in the pipeline (0 for a data-parallel replica,
     whose ``rows`` select its share of every batch)."""
 
@@ -87,7 +77,8 @@ class Worker:
         # alternate, so that with sync="overlap" the one in flight is never written.
         self._n_model = sum(p.numel() for p in self.params)
         self._split = self._n_model + SCALARS  # where the synthesizer's part of the buffer starts
-        size = self._split + sum(p.numel() for p in self.sparams) + EVIDENCE
+        self._n_synth = sum(p.numel() for p in self.sparams)
+        size = self._split + self._n_synth + TRAINED + EVIDENCE
         dtype = self.params[0].dtype if self.params else torch.float32
         self._bufs = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(2)]
         self._cur = 0
@@ -101,6 +92,8 @@ class Worker:
         self._waiting: dict = {}       # (batch, chunk) -> _Waiting: cuts waiting for the next cut's target
         self._arrived: list = []       # ((batch, chunk), target) that arrived this tick for waiting cuts
         self._sends: list = []         # targets to send back at the end of this tick
+        self.outbox: list = []         # what the loop sent this tick (in flight until the next: checkpoints hold it)
+        self.resumed_at: dict | None = None  # loaded from a checkpoint taken mid-run: {first_batch, tick, pending}
         self.streams: dict = {}        # batch -> its final state (worker 0: streams to continue)
         self._loss, self._ran, self._skipped = 0.0, 0, 0
         # Nothing of a tick is read back to the host (on a GPU a read waits for the GPU): the step
@@ -304,6 +297,7 @@ class Worker:
             buf[-EVIDENCE:] = self.synth.accumulate(bounds, targets).to(buf.dtype)
         else:
             buf[-EVIDENCE:].zero_()
+        buf[-EVIDENCE - TRAINED] = 1.0 if bounds else 0.0
         self._cur ^= 1
         return buf[self._split:]
 
@@ -356,6 +350,11 @@ class Worker:
         finite = torch.stack([torch.isfinite(t).all() for t in tg.as_tuple(next_target)]).all()
         return tg.like([torch.where(finite, t, o) for t, o in zip(tg.as_tuple(two), tg.as_tuple(w.one_step))], two)
 
+    def take_outbox(self) -> list[Send]:
+        """What was sent this tick (the loop records it), and a fresh outbox."""
+        out, self.outbox = self.outbox, []
+        return out
+
     def take_sends(self) -> list[Send]:
         """The targets to send back now (``lookahead=2``); empty otherwise."""
         out, self._sends = self._sends, []
@@ -375,8 +374,9 @@ class Worker:
     def apply_model(self, total: torch.Tensor) -> None:
         """Step the model on its summed part of the buffer (gradients and scalars)."""
         grads = total[:self._n_model]
-        if self.cfg.parallel == "data":  # replicas hold slices of one batch: average, as DDP does
-            grads.div_(self.cfg.workers)
+        # the K rule: the mean over the chunks that ran (data-parallel replicas: as DDP); a tensor
+        # op, no host read, and a division by 1 changes no bit
+        grads.div_(total[-SCALARS + 1].clamp(min=1))
         loss, ran, skipped = total[-SCALARS:].unbind()
         step = (ran > 0) & _finite(grads)
         skipped = torch.where(step, skipped, skipped + ran)  # a finite loss with a non-finite gradient: no step
@@ -393,6 +393,8 @@ class Worker:
         tick's sum between this tick's forward and backward) accumulates in the right place."""
         if self.synth is None:
             return
+        # the K rule: the mean over the chunks that regressed it (a division by 1 changes no bit)
+        total[:self._n_synth].div_(total[self._n_synth].clamp(min=1))
         self._bind_part(self.sparams, total)
         self.synth.finish_update(total[-EVIDENCE:])  # on the device: no copy to the host
         self._bind_part(self.sparams, self._bufs[self._cur][self._split:])
@@ -411,28 +413,3 @@ class Worker:
                 f"training diverged at batch {self._batch_seen}: {bad} of the last {total} chunks had a non-finite "
                 f"loss or gradient (more than {self.cfg.divergence_threshold:.0%}); lower --lr, set --clip, or "
                 "check the data")
-
-    # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        """Everything a resumed run needs, as tensors and plain types (loads with weights_only=True)."""
-        out = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-               "losses": torch.tensor(self.losses, dtype=torch.float64), "skipped": self.skipped,
-               "streams": {int(b): list(tg.as_tuple(s)) for b, s in self.streams.items()}}
-        if self.synth is not None:
-            out["synth"] = self.synth.state_dict()
-            out["synth_opt"] = self.synth.optimizer.state_dict()
-        out.update(self.trainer.state_dict())
-        return out
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.opt.load_state_dict(sd["opt"])
-        self.trainer.load_state_dict(sd)
-        if self.synth is not None:
-            self.synth.load_state_dict(sd["synth"])
-            self.synth.optimizer.load_state_dict(sd["synth_opt"])
-        self.losses = [float(v) for v in sd["losses"].tolist()]
-        self.skipped = int(sd["skipped"])
-        self.streams = {int(b): tg.like([t.to(self.device) for t in parts], self.like)
-                        for b, parts in sd["streams"].items()}
-

@@ -46,7 +46,7 @@ def resume_point(cfg: Config, spec_name: str, worker) -> int:
     batch, state = found
     if batch > cfg.steps:
         raise CheckpointError(f"--resume: the checkpoint is at batch {batch}, past --steps {cfg.steps}")
-    worker.load_state_dict(state["worker"])
+    worker.load_checkpoint(state)
     begin_run(cfg.checkpoint_dir, state.get("run") or {"id": "", "batches": [batch]})
     return batch
 
@@ -108,11 +108,23 @@ def _check_file(flag: str, path: str) -> None:
         raise CheckpointError(f"{flag} {path!r} is not a writable file path")
 
 
-def maybe_checkpoint(cfg: Config, spec_name: str, sched: Schedule, worker) -> None:
-    end = sched.first_batch + sched.batches
-    if cfg.checkpoint_every and (end % cfg.checkpoint_every == 0 or end == cfg.steps):
-        save(cfg.checkpoint_dir, end, {"worker": worker.state_dict(), "config": cfg.to_dict(), "spec": spec_name},
-             keep=cfg.keep_checkpoints)
+def checkpoint_due(cfg: Config, sched: Schedule, tick: int) -> bool:
+    """Whether a checkpoint is taken at the end of ``tick``: a batch left the pipeline there and
+    the batches done are a multiple of ``--checkpoint-every`` (not the last: that one is taken
+    after the run drains)."""
+    done = sched.done_by(tick)
+    if not cfg.checkpoint_every or done == sched.done_by(tick - 1):
+        return False
+    batch = sched.first_batch + done
+    return batch % cfg.checkpoint_every == 0 and batch < cfg.steps
+
+
+def save_checkpoint(cfg: Config, spec_name: str, batch: int, worker, inflight: list, loop: dict | None) -> None:
+    """Rank 0 writes what a resumed run needs: the replica every worker shares (``worker``), each
+    worker's in-flight state (``inflight``, by rank) and, mid-run, where the schedule goes on
+    (``loop``: its first batch, the next tick and the sum in flight; None once drained)."""
+    save(cfg.checkpoint_dir, batch, {"worker": worker.state_dict(), "inflight": inflight, "loop": loop,
+                                     "config": cfg.to_dict(), "spec": spec_name}, keep=cfg.keep_checkpoints)
 
 
 def peak_rss_mb() -> float:
@@ -280,27 +292,56 @@ def write_metrics(path: str, m: dict) -> None:
 
 
 def stream_groups(cfg: Config, spec) -> int:
-    g = spec.stream_groups if cfg.stream_groups < 0 else cfg.stream_groups
-    if g and cfg.parallel == "data" and cfg.checkpoint_every:
-        raise ValueError("stream_groups with parallel='data' cannot be checkpointed (each replica holds its own "
-                         "rows' streams); use the pipeline, or no --checkpoint-every")
-    return g
+    """The spec's stream groups unless the config sets them. (With parallel='data' each replica
+    holds its own rows' streams: a checkpoint saves every rank's, :meth:`Worker.inflight_state`.)"""
+    return spec.stream_groups if cfg.stream_groups < 0 else cfg.stream_groups
 
 
-def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None"):
-    """The generator one worker runs from batch ``start`` to the end: segments of the tick loop,
-    with rank 0's reporting and checkpoints between them."""
-    from ..engine.loop import Timers, run_segment, segments
+def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None", gather=None):
+    """The generator one worker runs from batch ``start`` (or from the tick a mid-run checkpoint
+    left, :attr:`Worker.resumed_at`) to the end: the whole run as one schedule, with rank 0's
+    reporting, and checkpoints at tick ends that hold what is in flight (nothing drains).
+
+    ``gather(inflight_state)`` collects every worker's in-flight state at a checkpoint: rank 0
+    gets the list by rank, the others None (a collective under torch.distributed; in debug mode
+    rank 0 reads the other workers, which wait at the same tick's end)."""
+    from ..engine.loop import Timers, run_schedule, schedule_for, step_rule
     from ..testing.faults import Faults
     faults = Faults.from_config(cfg)
+    if reporter is not None and cfg.progress:
+        print(f"[{reporter.label}] {step_rule(cfg.workers, cfg.parallel)}", file=sys.stderr, flush=True)
     worker.timers = Timers()
+    gather = gather or (lambda mine: [mine])
     synth = worker.synth
-    for sched in segments(cfg, start, stream_groups(cfg, spec), synth.lookahead if synth else 1,
-                          synth.train_every if synth else 1):
-        on_tick = None if reporter is None else (lambda t, s=sched: reporter.update(s.first_batch + s.done_by(t)))
-        yield from run_segment(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers)
+    at = worker.resumed_at
+    first = at["first_batch"] if at else start
+    if first >= cfg.steps:  # resumed from the run's last checkpoint: nothing left to run
+        return
+    if at and at.get("started", 0) > cfg.steps:
+        raise ValueError(f"--resume: the checkpoint was taken with batches up to {at['started'] - 1} in flight "
+                         f"(started, partly trained), past --steps {cfg.steps}: resume with --steps >= "
+                         f"{at['started']}")
+    sched = schedule_for(cfg, first, stream_groups(cfg, spec), synth.lookahead if synth else 1,
+                         synth.train_every if synth else 1)
+    on_tick = None if reporter is None else (lambda t: reporter.update(sched.first_batch + sched.done_by(t)))
+
+    def on_checkpoint(tick: int, pending) -> None:
+        states = gather(worker.inflight_state())
         if reporter is not None:
-            maybe_checkpoint(cfg, spec.name, sched, worker)
+            save_checkpoint(cfg, spec.name, sched.first_batch + sched.done_by(tick), worker, states,
+                            {"first_batch": sched.first_batch, "tick": tick + 1,
+                             "pending": None if pending is None else pending.cpu(),
+                             "started": sched.first_batch + sched.started_by(tick)})
+
+    yield from run_schedule(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers,
+                            lambda t: checkpoint_due(cfg, sched, t), on_checkpoint,
+                            start_tick=at["tick"] if at else 0,
+                            pending=at["pending"].to(worker.device) if at and at["pending"] is not None else None)
+    worker.resumed_at = None
+    if cfg.checkpoint_every:  # the last checkpoint, the pipeline drained
+        states = gather(worker.inflight_state())
+        if reporter is not None:
+            save_checkpoint(cfg, spec.name, cfg.steps, worker, states, None)
 
 
 class EndOfRunError(RuntimeError):

@@ -12,8 +12,8 @@ import torch
 
 from ..config import Config
 from ..engine.worker import Worker
-from ..transport.local import LocalHub
 from ..trainer import stopping
+from ..transport.factory import local_transports
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 
 
@@ -27,10 +27,12 @@ def run(cfg: Config, spec):
     for w in workers:
         start = resume_point(cfg, spec.name, w)
     reporter = Reporter(cfg, spec, workers[0], start)
-    transports = LocalHub(cfg.workers).transports()
+    transports = local_transports(cfg.workers)
     t0 = time.perf_counter()
     try:
-        loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None)
+        def gather(k):  # at a checkpoint every other worker waits at the same tick's end
+            return (lambda mine: [w.inflight_state() for w in workers]) if k == 0 else (lambda mine: None)
+        loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None, gather(k))
                  for k, (w, tr) in enumerate(zip(workers, transports))]
         alive = True
         with stopping(reporter) as stopped:  # early stop (dni_dist.trainer): the run ends at this batch

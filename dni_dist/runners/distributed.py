@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..engine.worker import Worker
-from ..transport.torch_dist import TorchDistTransport
+from ..transport.factory import process_transport
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 
 
@@ -24,14 +24,14 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
     if rank == 0:
         prepare_paths(cfg)
     t_build = time.perf_counter()
-    transport = TorchDistTransport(cfg.timeout_s, cfg.device, cfg.reduce)
+    transport = process_transport(cfg.timeout_s, cfg.device, cfg.reduce)
     data = cfg.parallel == "data"
     worker = Worker(spec, cfg, 0 if data else rank, share=(rank, world) if data else (0, 1))
     start = resume_point(cfg, spec.name, worker)
     reporter = Reporter(cfg, spec, worker, start) if rank == 0 else None
     t0 = time.perf_counter()
     try:
-        for _ in worker_run(cfg, spec, worker, transport, start, reporter):
+        for _ in worker_run(cfg, spec, worker, transport, start, reporter, lambda mine: _gather_to_first(mine, world)):
             pass
         by_rank = _gather_breakdowns(worker.timers.s, world)
         transport.close()
@@ -62,6 +62,13 @@ def pin_to_core(local_rank: int) -> int:
         if not moved:
             break
     return core
+
+
+def _gather_to_first(obj, world: int):
+    """Every rank's ``obj`` on rank 0 (a list by rank; None elsewhere): a checkpoint's in-flight states."""
+    got = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(obj, got, dst=0)
+    return got
 
 
 def _gather_breakdowns(seconds: dict, world: int) -> list[dict]:

@@ -49,11 +49,11 @@ def _actor_class(ray):
             import pickle
             import sys
 
-            from ..fit import resolve_spec
+            from .spec_source import resolve_spec
             for entry in driver_path:
                 if entry not in sys.path and os.path.isdir(entry):
                     sys.path.append(entry)
-            from ..fit import guard
+            from ..spec import guard
             try:
                 self.spec = guard(pickle.loads(spec_bytes) if spec_bytes is not None else resolve_spec(cfg))
             except Exception as e:  # noqa: BLE001 - reported to the driver as what it is
@@ -237,7 +237,7 @@ def _sigterm_noted():
 
 def _is_final(ray, e: Exception) -> bool:
     """Errors a restart cannot help: the spec unavailable or raising, the run's end failing."""
-    from ..fit import SpecError
+    from ..spec import SpecError
     from .common import EndOfRunError
     return isinstance(_unwrap(ray, e), (SpecUnavailable, SpecError, EndOfRunError))
 

@@ -5,9 +5,13 @@ time taken from the workers' own compute when a host has about as many cores as 
 13: on 2 cores, K=2 exact mode was faster in 6 of 8 back-to-back pairs with the sum below, median
 +11%; docs/performance.md). Workers on one host can
 instead each write their buffer into a slot of one file in ``/dev/shm`` that all of them map,
-meet at a barrier (the transport's, with its timeout), and each add the K slots in rank order:
-the same bits on every worker, and the same sum as debug mode's for any K (gloo's ring adds in
-another order for K > 2).
+meet at a barrier (the transport's, with its timeout), and sum them as a reduce-scatter and an
+all-gather (issue 28): worker r adds its 1/K slice of every worker's buffer, in rank order, into a
+shared result; after a second barrier every worker copies the whole result. Each worker reads
+about 2n values per sum instead of K n. Every element is still added in rank order: the same bits
+on every worker, and the same sum as debug mode's for any K (gloo's ring adds in another order
+for K > 2). Where the barrier is the caller's (not x86), each worker adds all K buffers itself
+(:meth:`SharedSlots.total`): one barrier per sum.
 
 Two sets of slots alternate, so a worker may write its next buffer while a slower peer still
 reads the last sum: sum ``s`` uses set ``s % 2``, and a worker reaching sum ``s`` has passed the
@@ -100,7 +104,9 @@ class SharedSlots:
     def __init__(self, rank: int, world: int, token: str, barrier: Callable[[torch.Tensor], torch.Tensor]):
         self.rank, self.world, self.token, self.barrier = rank, world, token, barrier
         self._slots: torch.Tensor | None = None  # (2, world, capacity)
-        self._flags: torch.Tensor | None = None  # (world, FLAGS) int64: [sums written, sizes of the two sets]
+        self._result: torch.Tensor | None = None  # (2, capacity): each set's sum, a slice per worker
+        self._flags: torch.Tensor | None = None  # (world, FLAGS) int64: [sums written, sizes of the two
+        #                                          sets, slices reduced]
         self._made = 0                           # segments created so far (names them)
         self._seq = 0                            # sums started so far
         self._in_flight = False
@@ -137,6 +143,41 @@ class SharedSlots:
         """Each worker's size for sum ``seq`` (after :meth:`arrived`)."""
         return self._flags[:, 1 + seq % 2].tolist()
 
+    def _bounds(self, n: int, rank: int) -> tuple[int, int]:
+        """The slice of an ``n``-value buffer that ``rank`` reduces: K contiguous parts, cut at
+        multiples of 16 values (64 bytes of float32: no two workers write one cache line)."""
+        def cut(r: int) -> int:
+            return n if r == self.world else (r * n // self.world) // 16 * 16
+        return cut(rank), cut(rank + 1)
+
+    def reduce_slice(self, seq: int, n: int) -> None:
+        """Add this worker's slice of every worker's buffer for sum ``seq`` in rank order into the
+        shared result, then say so (after :meth:`arrived`; the result is whole once :meth:`reduced`)."""
+        lo, hi = self._bounds(n, self.rank)
+        if hi > lo:
+            slots, out = self._slots[seq % 2, :, lo:hi], self._result[seq % 2, lo:hi]
+            if self.world == 1:
+                out.copy_(slots[0])
+            else:
+                torch.add(slots[0], slots[1], out=out)
+            for k in range(2, self.world):
+                out.add_(slots[k])
+        self._flags[self.rank, 3] = seq + 1  # last: this worker's slice of the result is complete
+
+    def reduced(self, seq: int) -> bool:
+        """Whether every worker has added its slice for sum ``seq``."""
+        return bool((self._flags[:, 3] > seq).all())
+
+    def not_reduced(self, seq: int) -> list[int]:
+        """The workers that have not added their slice of sum ``seq`` yet."""
+        return [k for k in range(self.world) if int(self._flags[k, 3]) <= seq]
+
+    def result(self, seq: int, n: int) -> torch.Tensor:
+        """The whole sum ``seq`` (after :meth:`reduced`), copied out (a new tensor)."""
+        out = self._result[seq % 2, :n].clone()
+        self._in_flight = False
+        return out
+
     def total(self, seq: int, n: int) -> torch.Tensor:
         """The sum of every worker's buffer for sum ``seq``, added in rank order (a new tensor)."""
         slots = self._slots[seq % 2, :, :n]
@@ -154,7 +195,7 @@ class SharedSlots:
         is left in /dev/shm when a worker dies later."""
         self._made += 1
         path = os.path.join(SHM_DIR, f"dni_dist_{self.token}_{self._made}")
-        size = 2 * self.world * n
+        size = 2 * self.world * n + 2 * n  # two sets of K slots, and the two sets' results
         flag_bytes = self.world * FLAGS * 8
         nbytes = flag_bytes + size * torch.empty((), dtype=dtype).element_size()
         ok, why = 0, ""
@@ -185,4 +226,6 @@ class SharedSlots:
         if self.rank == 0:
             os.unlink(path)
         self._flags = seg[:flag_bytes].view(torch.int64).view(self.world, FLAGS)  # zeros: nothing written here yet
-        self._slots = seg[flag_bytes:].view(dtype).view(2, self.world, n)
+        values = seg[flag_bytes:].view(dtype)
+        self._slots = values[:2 * self.world * n].view(2, self.world, n)
+        self._result = values[2 * self.world * n:].view(2, n)

@@ -316,7 +316,19 @@ class TorchDistTransport:
             raise MessageError(f"worker {self.rank}: the workers' gradient sums disagree (sum {seq} of {n} values "
                                f"here; each worker's size: {sizes}): every worker must sum buffers of the same size "
                                "in the same order")
-        return slots.total(seq, n)
+        slots.reduce_slice(seq, n)  # reduce-scatter: this worker's 1/K of every buffer, in rank order
+        try:
+            shm.poll(lambda: slots.reduced(seq), limit, alive, "the gradient sum's other slices", "a peer")
+        except TimeoutError:
+            late = ", ".join(f"worker {k}" for k in slots.not_reduced(seq))
+            raise TimeoutError(f"worker {self.rank}: the gradient sum {seq} did not complete within {limit:g}s: "
+                               f"{late} never reached it (its slice was not added: stopped, hung, or much slower "
+                               "than the others)") from None
+        except ConnectionError:
+            gone = ", ".join(f"worker {k}" for k, p in enumerate(self._pids) if not _alive(p))
+            raise ConnectionError(f"worker {self.rank}: {gone or 'a worker'} exited during gradient sum {seq} (its "
+                                  "own error names the cause)") from None
+        return slots.result(seq, n)  # all-gather: the whole sum
 
     def _wait(self, work, what: str, peer: int | None) -> None:
         limit = self.timeout.total_seconds()
