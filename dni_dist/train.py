@@ -121,6 +121,27 @@ def _end_of_run_failed(e: EndOfRunError, cfg: Config) -> int:
     return 1
 
 
+def compare_table(rows: list, chunks: int, chance: str = "") -> str:
+    """``--compare``'s table: one row per mode, the loss per chunk over the last 10 batches, the
+    spec's own final evaluation (every metric it returned), tokens/s; columns aligned."""
+    names = []
+    for _, m in rows:
+        for k in (m.get("evals") or [{}])[-1]:
+            if k != "batch" and k not in names:
+                names.append(k)
+    header = ["mode", f"loss/chunk (last 10 batches{chance})", *names, "tokens/s"]
+    body = []
+    for mode, m in rows:
+        tail = m["losses"][-chunks * 10:]
+        last = (m.get("evals") or [{}])[-1]
+        body.append([mode, f"{sum(tail) / len(tail):.4f}" if tail else "-",
+                     *(f"{last[k]:.4f}" if k in last else "-" for k in names), f"{m['tokens_per_s']:,.0f}"])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *body]]
+    return "\n".join(lines)
+
+
 def _compare(cfg: Config, own=None) -> int:
     rows = []
     spec = None
@@ -130,10 +151,8 @@ def _compare(cfg: Config, own=None) -> int:
         m = run(spec, c).metrics
         rows.append((mode, m))
         print(summary(m, c), flush=True)
-    print(f"\nmode    loss/chunk (last 10 batches{'' if own else chance_per_chunk(cfg, spec)})   tokens/s")
-    for mode, m in rows:
-        tail = m["losses"][-cfg.chunks * 10:]
-        print(f"{mode:<7} {sum(tail) / len(tail):>10.4f}{'':>30}{m['tokens_per_s']:>10,.0f}")
+    print()
+    print(compare_table(rows, cfg.chunks, "" if own else chance_per_chunk(cfg, spec)))
     write_metrics(cfg.metrics_json, {mode: m for mode, m in rows})
     return 0
 

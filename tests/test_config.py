@@ -265,3 +265,11 @@ def test_a_short_spec_is_not_held_to_the_built_in_tasks_options(capsys):
     assert code == 0, err
     code, err = _main(["--task", "recall", "--delay", "40", "--truncation", "4", "--chunks", "2"], capsys)
     assert code == 2 and "delay(40) must be in [0, chunks*truncation=8)" in err
+
+
+def test_compare_table_is_aligned_and_shows_the_specs_metric():
+    rows = [("tbptt", {"losses": [2.5] * 8, "tokens_per_s": 119379.0, "evals": [{"batch": 2, "valid_bpc": 2.51}]}),
+            ("dni", {"losses": [0.08] * 8, "tokens_per_s": 49479.0, "evals": [{"batch": 2, "valid_bpc": 2.4}]})]
+    lines = train.compare_table(rows, chunks=4).splitlines()
+    assert lines[0].split()[-2:] == ["valid_bpc", "tokens/s"] and lines[2].split() == ["dni", "0.0800", "2.4000", "49,479"]
+    assert len({len(line) for line in lines}) == 1  # every column right-aligned to the same width
