@@ -226,7 +226,7 @@ def main(argv=None):
     p.add_argument("--embed", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--updates", type=int, default=3000)
+    p.add_argument("--updates", type=int, default=2500)
     p.add_argument("--eval-chars", type=int, default=50_000)
     p.add_argument("--synth-kw", default="{}", help="extra options for every synthesizer arm (JSON)")
     p.add_argument("--out", default="runs/charlm_gap", help="one JSON per run here (existing runs are skipped)")
