@@ -194,7 +194,7 @@ def ridge_r2(x_train, y_train, x_test, y_test, alphas=(1e-4, 1e-3, 1e-2, 1e-1, 1
     """Held-out R^2 of ridge regression (closed form, torch.linalg), the penalty picked on the last
     quarter of the training rows. Features z-scored and targets centred on training statistics."""
     def fit(xa, ya, alpha):
-        mx, sx = xa.mean(0), xa.std(0).clamp_min(1e-8)
+        mx, sx = xa.mean(0), _spread(xa)
         my = ya.mean(0)
         xs = (xa - mx) / sx
         gram = xs.T @ xs
@@ -209,6 +209,16 @@ def ridge_r2(x_train, y_train, x_test, y_test, alphas=(1e-4, 1e-3, 1e-2, 1e-1, 1
     return r2(fit(x_train, y_train, best)(x_test), y_test, y_train.mean(0))
 
 
+def _spread(x: torch.Tensor) -> torch.Tensor:
+    """Per-feature scale for z-scoring, floored at 10% of the median spread: a feature (say a
+    character's one-hot) that is constant or nearly so in the fitted rows must not turn into a
+    huge value on a held-out row where it is on."""
+    sd = x.std(0)
+    live = sd[sd > 0]
+    floor = 0.1 * (live.median() if live.numel() else torch.ones((), dtype=x.dtype))
+    return sd.clamp_min(float(floor))
+
+
 def r2(pred: torch.Tensor, y: torch.Tensor, mean: torch.Tensor) -> float:
     """1 - SSE / SST pooled over all output units, SST around ``mean`` (the training mean)."""
     sst = float((y - mean).pow(2).sum())
@@ -220,9 +230,9 @@ def mlp_r2(x_train, y_train, x_test, y_test, hidden: int = 256, epochs: int = 40
     with the best score on the last quarter of the training rows."""
     g = torch.Generator().manual_seed(seed)
     x_train, y_train, x_test, y_test = (t.float() for t in (x_train, y_train, x_test, y_test))
-    mx, sx = x_train.mean(0), x_train.std(0).clamp_min(1e-8)
+    mx, sx = x_train.mean(0), _spread(x_train)
     my, sy = y_train.mean(0), y_train.pow(2).mean().sqrt().clamp_min(1e-20)
-    norm = lambda x: (x - mx) / sx  # noqa: E731
+    norm = lambda x: ((x - mx) / sx).clamp(-10, 10)  # noqa: E731  (a rare feature stays bounded)
     cut = int(0.75 * x_train.shape[0])
     xa, ya, xv, yv = norm(x_train[:cut]), (y_train[:cut] - my) / sy, norm(x_train[cut:]), (y_train[cut:] - my) / sy
     with torch.random.fork_rng():

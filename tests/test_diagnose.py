@@ -82,3 +82,15 @@ def test_command_line_on_a_builtin_task(capsys):
     out = capsys.readouterr().out
     assert "| state |" in out and "verdict" in out
     assert isinstance(d.helps, bool)
+
+
+def test_a_feature_unseen_in_the_fitted_rows_does_not_blow_up_the_held_out_score():
+    # a character never read in the fitted rows but read in held-out ones (found on Penn Treebank: R^2 -5e9)
+    from dni_dist.diagnose import input_features, mlp_r2
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 4, (1200, 2), generator=g)
+    ids[1000:1010, 0] = 4
+    x = input_features(ids, vocab=5)
+    y = x @ torch.randn(10, 3, generator=g, dtype=torch.float64) + 0.1 * torch.randn(1200, 3, generator=g)
+    assert mlp_r2(x[:1000], y[:1000], x[1000:], y[1000:], epochs=5) > 0.5
+    assert ridge_r2(x[:1000], y[:1000], x[1000:], y[1000:]) > 0.5
