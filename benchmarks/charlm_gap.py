@@ -209,9 +209,26 @@ def table(rows: list[dict], arms=None) -> tuple[str, dict]:
                   "share": -md / mg if mg else float("nan"), "mean_share": statistics.fmean(s["shares"]),
                   "beyond_0.01": sum(d > 0.01 for d in s["diffs"])}
         o = out[a]
-        lines.append(f"| {a} | {o['runs']} | {o['mean_diff']:+.4f} | {o['worst_diff']:+.4f} | {mg:.4f} | "
-                     f"{o['share']:+.2f} | {o['mean_share']:+.2f} | {o['beyond_0.01']} |")
+        share = f"{o['share']:+.2f}" if mg >= 0.01 else f"n/a (gap {mg:+.4f} < 0.01)"
+        lines.append(f"| {a} | {o['runs']} | {o['mean_diff']:+.4f} | {o['worst_diff']:+.4f} | {mg:+.4f} | "
+                     f"{share} | {o['mean_share']:+.2f} | {o['beyond_0.01']} |")
     return "\n".join(lines), out
+
+
+def synth_stats(rows: list[dict]) -> str:
+    """Per synthesizer arm: its gate, the correlation of its prediction with its target and its skill
+    (fraction of target variance explained, out of sample), averaged over runs, late in training."""
+    lines = ["| arm | runs | gate (last 500 updates) | correlation | skill |", "|---|---|---|---|---|"]
+    by = {}
+    for r in rows:
+        if r.get("gates"):
+            late = [g for g in r["gates"] if g[0] >= r["updates"] - 500]
+            by.setdefault(r["arm"], []).append([statistics.fmean(g[i] for g in late) for i in (1, 2, 3)])
+    for arm in ARMS:
+        if arm in by:
+            m = [statistics.fmean(v[i] for v in by[arm]) for i in range(3)]
+            lines.append(f"| {arm} | {len(by[arm])} | {m[0]:.3f} | {m[1]:+.3f} | {m[2]:+.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -257,6 +274,7 @@ def main(argv=None):
         rows = load([args.out])
     text, summary = table(rows)
     print(text)
+    print(synth_stats(rows))
     if args.save:
         keep = [{k: r[k] for k in ("corpus", "arm", "seed", "valid_bpc", "train_bpc_tail", "updates", "cpu_s")}
                 for r in rows]
