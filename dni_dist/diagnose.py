@@ -260,7 +260,7 @@ def mlp_r2(x_train, y_train, x_test, y_test, hidden: int = 256, epochs: int = 40
 
 
 # ---------------------------------------------------------------------------------------- main
-def diagnose(spec: Spec, *, truncation: int, steps: int = 200, cuts: int = 8000, lr: float = 1e-3,
+def diagnose(spec: Spec, *, truncation: int | None = None, steps: int = 200, cuts: int = 8000, lr: float = 1e-3,
              clip: float = 1.0, seed: int = 0, holdout: float = 0.2, mlp: bool = True,
              threshold: float = THRESHOLD, log=None) -> Diagnosis:
     """Train ``spec``'s model ``steps`` batches with TBPTT(``truncation``), then measure how much of the
@@ -269,7 +269,7 @@ def diagnose(spec: Spec, *, truncation: int, steps: int = 200, cuts: int = 8000,
     Args:
         spec: a :class:`dni_dist.Spec` (its ``batch`` must return sequences whose length is a
             multiple of ``truncation``; ``stream_groups`` is honoured, so cuts between batches count).
-        truncation: T, the chunk length you would train with.
+        truncation: T, the chunk length you would train with (default: ``spec.truncation``).
         steps: batches of TBPTT training before the model is frozen (0: the untrained model).
         cuts: how many rows (cut x batch row) to collect at least.
         holdout: fraction of the collected batches scored (the rest is fitted).
@@ -278,6 +278,10 @@ def diagnose(spec: Spec, *, truncation: int, steps: int = 200, cuts: int = 8000,
     """
     if not isinstance(spec, Spec):
         raise TypeError(f"diagnose(spec=...): expected a dni_dist.Spec; got {type(spec).__name__}")
+    truncation = truncation or spec.truncation
+    if not truncation:
+        raise ValueError("diagnose(spec, truncation=T): give T, the chunk length you would train with, or a spec "
+                         "that carries its own (Spec(truncation=...))")
     if isinstance(truncation, bool) or not isinstance(truncation, int) or truncation < 1:
         raise ValueError(f"diagnose(truncation={truncation!r}): expected a positive int (the chunk length T)")
     if not 0 < holdout < 1:
@@ -348,7 +352,7 @@ def main(argv=None) -> Diagnosis:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--spec", help="'package.module:attribute' naming a dni_dist.Spec (or a function returning one)")
     src.add_argument("--task", choices=["recall", "copy", "repeat_copy", "charlm"], help="a built-in task")
-    p.add_argument("--truncation", type=int, default=None, help="chunk length T (needed with --spec)")
+    p.add_argument("--truncation", type=int, default=None, help="chunk length T (default: the spec's own truncation)")
     p.add_argument("--steps", type=int, default=200, help="batches of TBPTT training before freezing")
     p.add_argument("--cuts", type=int, default=8000, help="cut rows (cut x batch row) to collect at least")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the brief training (spec's optimizer wins)")
@@ -364,9 +368,11 @@ def main(argv=None) -> Diagnosis:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.spec:
-        if args.truncation is None:
-            p.error("--spec needs --truncation T (the chunk length you would train with)")
-        spec, T = load_spec(args.spec), args.truncation
+        spec = load_spec(args.spec)
+        T = args.truncation or spec.truncation
+        if T is None:
+            p.error("--spec needs --truncation T (the chunk length you would train with), or a spec that "
+                    "carries its own (Spec(truncation=...))")
     else:
         spec, T = _builtin(args)
     result = diagnose(spec, truncation=T, steps=args.steps, cuts=args.cuts, lr=args.lr, clip=args.clip,
