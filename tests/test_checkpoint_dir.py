@@ -6,7 +6,7 @@ import torch
 
 from dni_dist.checkpoint import CheckpointError, latest, save
 from dni_dist.config import Config
-from test_engine import SMALL, run_debug
+from conftest import SMALL, run_debug
 
 BASE = dict(SMALL, workers=2, checkpoint_every=1)
 

@@ -97,7 +97,7 @@ def test_an_old_drained_checkpoint_still_resumes(tmp_path):
 def test_torchrun_with_checkpoints_and_resumed_equals_debug_without(tmp_path):
     """K=2 gloo processes, checkpoints every 2 batches, killed at batch 5 and resumed: the same
     bits as debug mode without any checkpoint (the in-flight states travel between ranks)."""
-    from test_engine import run_spawned
+    from conftest import run_spawned
     fields = dict(BASE, workers=2, synth_options=opts(lookahead=2))
     model, ref = _run(fields, None)
     d = str(tmp_path / "ck")
@@ -138,7 +138,7 @@ def test_data_parallel_streams_checkpoint_and_resume_like_a_run_without(tmp_path
     a run without (this combination was refused before)."""
     import os
 
-    from test_engine import run_spawned
+    from conftest import run_spawned
     cfg = Config(**dict(USER, workers=2, mode="tbptt"), parallel="data", backend="torch")
     for sub in ("plain", "ck_run", "ck_run2"):
         (tmp_path / sub).mkdir()

@@ -69,6 +69,7 @@ def run(cmd, env, timeout):
     return r
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_ray_cluster_job_matches_debug_mode(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="dni_rc_", dir="/tmp")  # short: Ray's socket paths have a length limit

@@ -273,3 +273,17 @@ def test_compare_table_is_aligned_and_shows_the_specs_metric():
     lines = train.compare_table(rows, chunks=4).splitlines()
     assert lines[0].split()[-2:] == ["valid_bpc", "tokens/s"] and lines[2].split() == ["dni", "0.0800", "2.4000", "49,479"]
     assert len({len(line) for line in lines}) == 1  # every column right-aligned to the same width
+
+
+def test_save_writes_the_synthesizer_beside_the_model(tmp_path):
+    """--save model.pt: the model's state_dict (loads into the plain module) and model.synth.pt (the
+    trained synthesizer and its optimizer, weights_only), so a fine-tune need not start cold."""
+    path = tmp_path / "model.pt"
+    dni_dist.fit(tiny_spec(), steps=6, save=str(path))
+    model = Tiny()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    saved = torch.load(tmp_path / "model.synth.pt", weights_only=True)
+    synth = dni_dist.Synthesizer.for_rnn(model.rnn)
+    synth.load_state_dict(saved["synth"])
+    assert set(saved) == {"synth", "synth_opt"} and saved["synth_opt"]["state"]  # it trained
+    assert float(saved["synth"]["target_ms"]) > 0

@@ -17,7 +17,7 @@ import dni_dist
 from dni_dist import files
 from dni_dist.config import Config
 from dni_dist.fit import resolve_spec
-from test_engine import SMALL
+from conftest import SMALL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAN_MOUNT = shutil.which("unshare") is not None and hasattr(os, "geteuid") and os.geteuid() == 0
@@ -50,6 +50,7 @@ def _full(path):
 
 
 # ------------------------------------------------------------------ --save on a full disk (item 1)
+@pytest.mark.slow
 @needs_mount
 def test_save_on_a_full_disk_keeps_the_old_model_and_writes_the_metrics(tmp_path):
     disk = tmp_path / "disk"
@@ -83,6 +84,7 @@ def test_a_full_csv_disk_is_a_warning_and_training_goes_on(tmp_path, monkeypatch
     monkeypatch.setattr(files, "fault", None)
 
 
+@pytest.mark.slow
 @needs_mount
 def test_cli_full_csv_disk_finishes_with_a_warning(tmp_path):
     r = _on_small_disk(tmp_path, "8k", f"""
@@ -106,6 +108,7 @@ def test_a_full_checkpoint_dir_is_one_line_naming_path_and_free_space(tmp_path, 
     assert "\n" not in msg and "ckpt-00000002.pt" in msg and "ENOSPC" in msg and "free of" in msg
 
 
+@pytest.mark.slow
 @needs_mount
 def test_cli_full_checkpoint_dir(tmp_path):
     r = _on_small_disk(tmp_path, "32k", _cmd(["--steps", "4", "--hidden", "48", "--checkpoint-dir",

@@ -16,7 +16,7 @@ from dni_dist.checkpoint import save
 from dni_dist.config import Config
 from dni_dist.fit import SpecError, resolve_spec
 from dni_dist.runners.common import EndOfRunError, RunFailed
-from test_engine import SMALL
+from conftest import SMALL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -74,6 +74,7 @@ def test_files_are_private_unless_asked(tmp_path, monkeypatch):
         files.write_json(str(tmp_path / "m.json"), {})
 
 
+@pytest.mark.slow
 def test_cli_run_outputs_are_private(tmp_path):
     r = _train(["--spec", "user_spec:spec", *SPEC_ARGS, "--steps", "3", "--save", str(tmp_path / "m.pt"),
                 "--metrics-json", str(tmp_path / "m.json"), "--metrics-csv", str(tmp_path / "m.csv"),
@@ -84,6 +85,7 @@ def test_cli_run_outputs_are_private(tmp_path):
 
 
 # ------------------------------------------------------------------ 2. a failure at the end
+@pytest.mark.slow
 def test_evaluate_raising_at_the_end_still_writes_everything(tmp_path):
     out = {k: str(tmp_path / k) for k in ("m.pt", "m.json", "m.csv")}
     r = _train(["--spec", "test_end_of_run:eval_fails", *SPEC_ARGS, "--steps", "4", "--save", out["m.pt"],
@@ -119,6 +121,7 @@ def test_save_failing_at_the_end_still_writes_the_metrics(tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------ 6. no failure reported as success
+@pytest.mark.slow
 def test_a_short_all_nan_run_fails(tmp_path):
     r = _train(["--spec", "test_end_of_run:all_nan", *SPEC_ARGS, "--steps", "20",
                 "--metrics-json", str(tmp_path / "m.json")])
@@ -140,6 +143,7 @@ def test_a_finite_explosion_fails():
         dni_dist.fit(resolve_spec(cfg), cfg)
 
 
+@pytest.mark.slow
 def test_cli_explosion_exits_nonzero_in_one_line():
     r = _train(["--workers", "2", "--chunks", "4", "--steps", "20", "--batch", "4", "--hidden", "8",
                 "--truncation", "3", "--delay", "3", "--no-progress", "--lr", "1e30"])
@@ -154,6 +158,7 @@ def test_a_healthy_run_with_a_skipped_batch_still_succeeds():
     assert m["skipped_chunks"] == cfg.chunks and "error" not in m
 
 
+@pytest.mark.slow
 def test_user_code_errors_keep_their_traceback_and_name_the_function():
     r = _train(["--spec", "test_end_of_run:bad_batch", *SPEC_ARGS, "--steps", "3"])
     assert r.returncode == 1, r.stderr[-2000:]

@@ -2,11 +2,9 @@
 import dataclasses
 import json
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import dni_dist
 from dni_dist import targets as tg
@@ -18,21 +16,10 @@ from dni_dist.optim import adam
 from dni_dist.runners import debug
 
 import user_spec
-
-NOW = {"gate_warmup": 0, "gate_check_every": 1}  # the gate open from the start and read every chunk:
-# the default warm-up (100 updates) and read (every 16 chunks) would keep it shut in these few batches
-SMALL = dict(steps=5, chunks=4, batch=4, hidden=8, progress=False, delay=3, truncation=3, synth_lr=1e-2,
-             synth_options=json.dumps(NOW))
+from conftest import NOW, SMALL, USER, run_debug, run_spawned, synth_opts  # noqa: F401
 
 
-def synth_opts(**options) -> str:
-    """``synth_options`` for a small test run: ``options`` with the gate open from the start."""
-    return json.dumps({**NOW, **options})
-USER = dict(steps=5, chunks=user_spec.CHUNKS, truncation=user_spec.T, progress=False)
 
-
-def run_debug(cfg, spec=None):
-    return debug.run(cfg, spec or resolve_spec(cfg))[1]
 
 
 # ------------------------------------------------------------------ schedules as data
@@ -176,48 +163,6 @@ def test_metrics_count_the_extra_backward_pass():
 
 
 # ------------------------------------------------------------------ distributed == debug
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def _spawned_rank(rank, world, port, cfg, spec, out_dir):
-    import torch.distributed as dist
-
-    from dni_dist.runners.distributed import run_rank
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        model, m = run_rank(cfg, spec or resolve_spec(cfg), rank, world)
-    finally:
-        dist.destroy_process_group()
-    torch.save({"losses": m["losses"], "model": model.state_dict(), "skipped": m["skipped_chunks"],
-                "affinity": _thread_cores() if cfg.pin_cores else []}, os.path.join(out_dir, f"rank{rank}.pt"))
-
-
-def _thread_cores() -> list:
-    """The cores every live thread of this process may run on (a thread may end while we look)."""
-    out = []
-    for t in os.listdir("/proc/self/task"):
-        try:
-            out.append(sorted(os.sched_getaffinity(int(t))))
-        except (ProcessLookupError, FileNotFoundError):
-            pass
-    return out
-
-
-def run_spawned(cfg, out_dir, spec=None):
-    """K gloo processes (torch.multiprocessing spawn), bounded by a timeout; rank results."""
-    ctx = mp.start_processes(_spawned_rank, args=(cfg.workers, _free_port(), cfg, spec, str(out_dir)),
-                             nprocs=cfg.workers, join=False, start_method="spawn")
-    while not ctx.join(timeout=120):
-        pass
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in range(cfg.workers)]
-
-
 def _same_weights(a: dict, b: dict, exact=True):
     for k, v in a.items():
         if exact:
@@ -230,6 +175,7 @@ def _same_weights(a: dict, b: dict, exact=True):
 @pytest.mark.parametrize("mode,sync,reduce,options", [("dni", "exact", "auto", {}), ("tbptt", "exact", "auto", {}),
                                                       ("dni", "overlap", "auto", {}), ("dni", "exact", "backend", {}),
                                                       ("dni", "exact", "auto", {"train_every": 2})])
+@pytest.mark.slow
 def test_torch_distributed_matches_debug_bitwise(mode, sync, reduce, options, tmp_path):
     """K=2: shared-memory sums (auto, on one host) and gloo's all-reduce add two terms, the same bits
     (and with train_every=2 both train the same cuts)."""
@@ -244,6 +190,7 @@ def test_torch_distributed_matches_debug_bitwise(mode, sync, reduce, options, tm
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux and two cores")
+@pytest.mark.slow
 def test_pin_cores_pins_every_thread_of_each_worker_to_its_own_core(tmp_path):
     """--pin-cores: each worker process, gloo's threads included (they exist before the pinning),
     runs on one core of its own; the math is untouched (the same bits as debug mode)."""
@@ -259,6 +206,7 @@ def test_pin_cores_pins_every_thread_of_each_worker_to_its_own_core(tmp_path):
         dni_dist.fit(resolve_spec(cfg), cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("chunks,sync,spec_name", [(4, "exact", None), (2, "overlap", None), (2, "exact", "stream_spec")])
 def test_two_step_targets_torchrun_matches_debug(chunks, sync, spec_name, tmp_path):
@@ -277,6 +225,7 @@ def test_two_step_targets_torchrun_matches_debug(chunks, sync, spec_name, tmp_pa
     _same_weights(model.state_dict(), got[1]["model"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("spec_name,mode", [("spec", "dni"), ("spec", "tbptt"), ("stream_spec", "dni")])
 def test_user_spec_torchrun_matches_debug(spec_name, mode, tmp_path):
@@ -289,6 +238,7 @@ def test_user_spec_torchrun_matches_debug(spec_name, mode, tmp_path):
     _same_weights(model.state_dict(), got[0]["model"], exact=False)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("reduce", ["shared-memory", "backend"])
 def test_four_workers_match_debug(reduce, tmp_path):
@@ -306,6 +256,7 @@ def test_four_workers_match_debug(reduce, tmp_path):
         _same_weights(model.state_dict(), got[0]["model"], exact=False)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ray_matches_debug_for_a_user_spec():
     pytest.importorskip("ray")
@@ -360,6 +311,7 @@ def test_entry_point_writes_json_and_csv(tmp_path):
     assert rows[0] == "step,batch,loss,tokens_per_s,skill,gate" and len(rows) == len(m["losses"]) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ray_fails_fast_when_the_actors_cannot_import_the_spec():
     pytest.importorskip("ray")
@@ -369,6 +321,7 @@ def test_ray_fails_fast_when_the_actors_cannot_import_the_spec():
         ray_actors.run(cfg)  # fails at once; the test's timeout catches a hang
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ray_run_longer_than_four_timeouts_completes():
     """The supervisor does not bound a healthy run: 60 batches of a 0.2 s data source with

@@ -24,6 +24,7 @@ def _train(args, timeout=120, **kw):
                           timeout=timeout, cwd=ROOT, **kw)
 
 
+@pytest.mark.slow
 def test_off_a_terminal_the_log_is_small_and_periodic(tmp_path):
     r = _train(["--steps", "400", "--workers", "2", "--log-every", "0.5"])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -34,6 +35,7 @@ def test_off_a_terminal_the_log_is_small_and_periodic(tmp_path):
     assert len(r.stderr) < 20_000  # no progress-bar redraws in a file
 
 
+@pytest.mark.slow
 def test_live_csv_survives_a_killed_run(tmp_path):
     csv = tmp_path / "m.csv"
     p = subprocess.Popen([sys.executable, "-m", "dni_dist.train", *SMALL, "--steps", "100000", "--no-progress",
@@ -54,6 +56,7 @@ def test_live_csv_survives_a_killed_run(tmp_path):
     assert int(step) == 5 and int(batch) >= 1 and float(loss) > 0 and float(tok) >= 0 and 0 <= float(gate) <= 1
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -63,9 +66,11 @@ def test_tensorboard_scalars(tmp_path):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/tokens_per_s", "synth/skill", "synth/gate", "synth/target_rms"} <= tags
-    assert len(acc.Scalars("train/loss")) == 20 * 4 // 10
+    # one x-axis for train and eval: batches completed (one point per batch here)
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 21))
 
 
+@pytest.mark.slow
 def test_toml_config_with_a_command_line_override(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('steps = 3\nseed = 6\nworkers = 2\nmode = "tbptt"\n')

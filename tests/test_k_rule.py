@@ -149,7 +149,7 @@ def test_data_parallel_replicas_step_on_the_mean_as_one_worker_on_the_whole_batc
 
     import user_spec
     from dni_dist.runners import debug
-    from test_engine import USER, run_spawned
+    from conftest import USER, run_spawned
     cfg = Config(mode="tbptt", workers=1, **USER)
     model, ref = debug.run(cfg, user_spec.spec)
     got = run_spawned(dataclasses.replace(cfg, workers=2, parallel="data", backend="torch"), tmp_path, user_spec.spec)

@@ -11,10 +11,9 @@ import torch
 
 import dni_dist
 import user_spec
-from dni_dist.checkpoint import CheckpointError
 from dni_dist.config import Config
 from dni_dist.fit import SpecError, resolve
-from test_engine import SMALL, run_debug
+from conftest import SMALL, run_debug
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
@@ -60,6 +59,7 @@ def test_a_loss_without_grad_names_the_loss():
         dni_dist.fit(detached, Config(**USER, workers=2, steps=2))
 
 
+@pytest.mark.slow
 def test_an_optimizer_factory_returning_none_is_one_line():
     r = _train(["--spec", "test_minor_errors:no_optimizer", "--workers", "2", "--chunks", str(user_spec.CHUNKS),
                 "--truncation", str(user_spec.T), "--steps", "2", "--no-progress"])
@@ -124,6 +124,7 @@ def test_the_eval_line_is_not_printed_onto_the_progress_bar(monkeypatch):
     assert line_start == 0 or text[line_start - 1] in "\r\n", repr(text[max(0, line_start - 60):at + 20])
 
 
+@pytest.mark.slow
 def test_no_step_twice_in_the_csv_after_a_kill_and_resume_under_the_cli(tmp_path):
     args = ["--steps", "6", "--chunks", "4", "--truncation", "3", "--delay", "3", "--batch", "4", "--hidden", "8",
             "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "3",

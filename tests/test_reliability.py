@@ -18,7 +18,7 @@ from dni_dist.fit import resolve_spec
 from dni_dist.tasks.specs import check_task
 from dni_dist.runners import debug
 from dni_dist.testing.faults import WorkerFailure
-from test_engine import SMALL, _free_port, run_debug, run_spawned, synth_opts
+from conftest import SMALL, free_port, run_debug, run_spawned, synth_opts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +84,7 @@ def _spawn_pair_or_more(target, scenario, world=2, answers=None):
     the first ``answers`` (default: one per process) items they put on the queue."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     extra = (world,) if world != 2 else ()
     procs = [ctx.Process(target=target, args=(r, port, scenario, q, *extra)) for r in range(world)]
     for p in procs:
@@ -126,6 +126,7 @@ def _transport_pair(rank, port, scenario, q):
         os._exit(0)  # skip process-group teardown: the peer may already be gone
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("scenario", ["mismatch", "silence"])
 def test_bad_or_missing_message_fails_fast_naming_the_sender(scenario):
@@ -183,6 +184,7 @@ def _shm_pair(rank, port, scenario, q, world=2):
 ORDER_TERMS = (1e8, 1.0, -1e8, 1.0)  # float32: added in rank order 1, in reverse 0, exactly 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_shared_memory_sum_adds_in_rank_order_like_debug_mode():
     """K=4: the sum a worker gets has the bits of debug mode's (rank order), for any K."""
@@ -196,6 +198,7 @@ def test_shared_memory_sum_adds_in_rank_order_like_debug_mode():
     assert got == [("ok", want)] * 4
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("scenario", ["ok", "sizes", "later-sizes", "no-shm", "full", "full-auto", "late", "dies"])
 def test_shared_memory_sum_checks_its_workers(scenario):
@@ -259,6 +262,7 @@ def test_half_written_checkpoint_is_never_loaded(tmp_path):
     assert batch == 2 and state["x"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_torch_distributed_resume_matches_debug(tmp_path):
     base = dict(SMALL, steps=6, workers=2, checkpoint_every=3)
@@ -270,6 +274,7 @@ def test_torch_distributed_resume_matches_debug(tmp_path):
     assert losses[0]["losses"] == whole
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_torchrun_survives_a_killed_worker(tmp_path):
     d = tmp_path / "ck"
@@ -288,6 +293,7 @@ def test_torchrun_survives_a_killed_worker(tmp_path):
     assert m["losses"] == ref["losses"]  # resumed from batch 2's checkpoint: same computation
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_failing_worker_stops_every_worker_fast(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -299,6 +305,7 @@ def test_a_failing_worker_stops_every_worker_fast(tmp_path):
     assert "worker 0: failing on purpose at batch 2" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ray_restarts_the_group_after_a_killed_actor(tmp_path):
     pytest.importorskip("ray")

@@ -2,7 +2,6 @@
 its 1/K slice of every worker's buffer, in rank order, into a shared result that every worker then
 copies; every element is added in rank order, so the bits are debug mode's for any K."""
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,8 @@ import torch.multiprocessing as mp
 
 from dni_dist.transport.local import LocalHub
 from dni_dist.transport.shm import SharedSlots, ordered_stores
+
+from conftest import free_port
 
 ORDER = (1e8, 1.0, -1e8, 1.0)  # float32: rank order gives 1, other orders 0 or 2
 SIZES = (10, 67, 1000)  # fewer values than workers x 16, not a multiple of 16, several lines each
@@ -25,12 +26,6 @@ def test_each_worker_reduces_one_contiguous_slice_and_the_slices_cover_the_buffe
     assert all(lo % 16 == 0 or lo == n for lo, _ in cuts)  # no cache line written by two workers
     if n >= 16 * world:
         assert max(hi - lo for lo, hi in cuts) - min(hi - lo for lo, hi in cuts) <= 32  # balanced
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, q):
@@ -56,6 +51,7 @@ def _worker(rank, world, port, q):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not ordered_stores() or not os.access("/dev/shm", os.W_OK), reason="needs x86 and /dev/shm")
 def test_four_workers_sum_slices_in_rank_order_with_debug_modes_bits():
@@ -70,7 +66,7 @@ def test_four_workers_sum_slices_in_rank_order_with_debug_modes_bits():
     assert want[0][0] == 1.0  # rank order tells itself apart
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, q)) for r in range(world)]
     for p in procs:
         p.start()

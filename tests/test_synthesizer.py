@@ -9,10 +9,7 @@ from torch import nn
 from dni_dist import Synthesizer
 from dni_dist import targets as tg
 
-
-def _rnn(kind, layers=1, h=6):
-    torch.manual_seed(0)
-    return {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](3, h, num_layers=layers)
+from conftest import make_rnn as _rnn, random_synth as _random_synth
 
 
 @pytest.mark.parametrize("kind,layers", [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 3), ("rnn", 1)])
@@ -33,15 +30,6 @@ def test_fresh_synthesizer_is_exactly_tbptt(kind, layers):
     synth.step()
     for p, q in zip(rnn.parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad)
-
-
-def _random_synth(rnn, **kw):
-    synth = Synthesizer.for_rnn(rnn, lr=0.0, normalize=False, gate=False, **kw)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in synth.parameters():
-            p.normal_(0, 0.3)
-    return synth
 
 
 @pytest.mark.parametrize("kind,layers", [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2)])
@@ -273,6 +261,7 @@ def _solve_then_vanish(gate: bool):
     return ratios, synth
 
 
+@pytest.mark.slow
 def test_a_solved_task_gets_no_injected_noise():
     """Issue 12's mechanism in miniature: once the true future gradient vanishes into noise, the
     ungated synthesizer (the behaviour before the fix) keeps injecting gradients larger than its

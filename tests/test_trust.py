@@ -18,7 +18,7 @@ from dni_dist.config import Config
 from dni_dist.engine.worker import DivergenceError
 
 import user_spec
-from test_engine import SMALL, _free_port, run_debug, run_spawned
+from conftest import SMALL, free_port, run_debug, run_spawned
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "dni_dist.train", "--workers", "2", "--chunks", "4", "--steps", "4", "--batch", "4",
@@ -84,12 +84,14 @@ def test_resume_refuses_a_different_experiment(tmp_path, change, field):
     assert len(got["losses"]) > 0
 
 
+@pytest.mark.slow
 def test_cli_resume_without_checkpoint_is_one_line(tmp_path):
     r = _cli(["--checkpoint-dir", str(tmp_path / "empty"), "--resume"])
     assert r.returncode == 2
     assert "--resume: no checkpoint in" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_paths_fail_at_start(tmp_path):
     f = tmp_path / "a_file"
     f.write_text("x")
@@ -125,6 +127,7 @@ def test_a_diverged_run_stops_with_an_error():
         dni_dist.fit(user_spec.nan_spec, cfg)
 
 
+@pytest.mark.slow
 def test_diverged_cli_run_exits_nonzero():
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")}
     r = subprocess.run([sys.executable, "-m", "dni_dist.train", "--spec", "user_spec:nan_spec", "--workers", "2",
@@ -152,6 +155,7 @@ def test_nan_boundary_state_never_poisons_the_synthesizer():
     assert torch.isfinite(synth.target_ms) and torch.isfinite(synth.fit).all()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_skipped_chunks_are_counted_the_same_in_every_mode(tmp_path):
     """NaN inputs in batch 1's first chunk: its 4 chunks are skipped (the NaN state travels on),
@@ -230,6 +234,7 @@ def _raw_pair(rank, port, scenario, q):
         os._exit(0)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("path", ["gloo", "mailbox"])
 @pytest.mark.parametrize("scenario,match", [("short", "arrived short"), ("declared", "declares 10 values")])
@@ -238,7 +243,7 @@ def test_wrong_sized_payload_is_a_message_error(path, scenario, match):
     message's bytes), a short payload or a lying header is an error, never stale data."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_raw_pair, args=(r, port, f"{path}-{scenario}", q)) for r in range(2)]
     for p in procs:
         p.start()
@@ -249,6 +254,7 @@ def test_wrong_sized_payload_is_a_message_error(path, scenario, match):
     assert "from worker 0" in msg and match in msg
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_frozen_worker_is_named_not_the_healthy_one(tmp_path):
     """Worker 1 is SIGSTOPped mid-run: the error names worker 1, not the rank that waited."""
@@ -269,6 +275,7 @@ def test_a_frozen_worker_is_named_not_the_healthy_one(tmp_path):
     assert "worker 1 never reached it" in err or "from worker 1" in err, err[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_local_ray_is_private(monkeypatch):
     """Without --ray-address the run starts its own Ray (address="local"), even when RAY_ADDRESS

@@ -7,7 +7,7 @@ from torch import nn
 from dni_dist import Synthesizer
 from dni_dist import targets as tg
 
-from test_synthesizer import _random_synth, _rnn
+from conftest import make_rnn as _rnn, random_synth as _random_synth
 
 
 def _check_two_step_targets(seen, injected, chunk, n, discount, weight):

@@ -166,6 +166,7 @@ class Reporter:
             except OSError as e:
                 raise CheckpointError(f"--tensorboard {cfg.tensorboard!r}: cannot write there: "
                                       f"{e.strerror or e}") from None
+        self._tb_done, self._tb_losses = start, []  # TensorBoard: batches logged, losses since
         self.hooks = RunHooks(cfg, spec, worker, start)  # callbacks, keep-best, early stop, MLflow
 
     def say(self, line: str) -> None:
@@ -188,15 +189,20 @@ class Reporter:
             if self.csv is not None:
                 self.csv.add(f"{i},{batches_done},{loss:.6g},{tok:.1f},"
                              f"{stats.skill if stats else ''},{stats.gate if stats else ''}\n")
-            if self.tb is not None and i % 10 == 0:
-                self.tb.add_scalar("train/loss", loss, i)
-                self.tb.add_scalar("train/tokens_per_s", tok, i)
-                if stats is not None:
-                    self.tb.add_scalar("synth/skill", stats.skill, i)
-                    self.tb.add_scalar("synth/gate", stats.gate, i)
-                    self.tb.add_scalar("synth/correlation", stats.correlation, i)
-                    self.tb.add_scalar("synth/target_rms", float(w.synth.target_ms) ** 0.5, i)
+            if self.tb is not None:
+                self._tb_losses.append(loss)
             self.rows += 1
+        if self.tb is not None and batches_done > self._tb_done and self._tb_losses:
+            # one x-axis for train/* and eval/*: batches completed (the mean loss of the steps since)
+            b = self._tb_done = batches_done
+            self.tb.add_scalar("train/loss", sum(self._tb_losses) / len(self._tb_losses), b)
+            self.tb.add_scalar("train/tokens_per_s", tok, b)
+            self._tb_losses = []
+            if stats is not None:
+                self.tb.add_scalar("synth/skill", stats.skill, b)
+                self.tb.add_scalar("synth/gate", stats.gate, b)
+                self.tb.add_scalar("synth/correlation", stats.correlation, b)
+                self.tb.add_scalar("synth/target_rms", float(w.synth.target_ms) ** 0.5, b)
         if self.csv is not None:
             self.csv.flush()
         crossed = batches_done > self.done
@@ -403,7 +409,10 @@ def finish(cfg: Config, worker, reporter: "Reporter | None", t0: float, startup_
         if cfg.save:
             try:
                 from ..files import save_torch
-                save_torch(worker.model.state_dict(), cfg.save, "--save")
+                save_torch(worker.model.state_dict(), cfg.save, "--save")  # loads into the plain module
+                if worker.synth is not None:  # beside it: a fine-tune can start from the trained synthesizer
+                    save_torch({"synth": worker.synth.state_dict(), "synth_opt": worker.synth.optimizer.state_dict()},
+                               synth_path(cfg.save), "--save")
             except Exception as e:  # noqa: BLE001
                 errors.append(("--save", e))
         why = verdict(cfg, worker)
@@ -415,6 +424,12 @@ def finish(cfg: Config, worker, reporter: "Reporter | None", t0: float, startup_
         err = EndOfRunError(m["error"], m, worker.model)
         raise err from errors[0][1]
     return m
+
+
+def synth_path(save: str) -> str:
+    """Where ``--save PATH`` writes the synthesizer: ``model.pt`` -> ``model.synth.pt``."""
+    root, ext = os.path.splitext(save)
+    return f"{root}.synth{ext or '.pt'}"
 
 
 class RunFailed(RuntimeError):
