@@ -44,6 +44,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # resea
 from dni_dist import Synthesizer  # noqa: E402
 from dni_dist import targets as tg  # noqa: E402
 from dni_dist.tasks import CharCorpus, load_corpus  # noqa: E402
+from dni_dist.tasks.specs import bits_per_char  # noqa: E402
 
 ARMS = ("tbptt", "tbptt2", "dni", "dni_mlp", "dni_next", "dni_next_mlp", "dni_la2", "artbp")
 
@@ -58,20 +59,6 @@ class CharLM(nn.Module):
     def forward(self, x, state=None):
         out, state = self.lstm(self.emb(x), state)
         return self.head(out), state
-
-
-def bits_per_char(model, ids: torch.Tensor, streams: int = 8, span: int = 256) -> float:
-    per = ids.numel() // streams
-    rows = ids[: per * streams].view(streams, per)
-    state, total, count = None, 0.0, 0
-    with torch.no_grad():
-        for s in range(0, per - 1, span):
-            x = rows[:, s:min(s + span, per - 1)]
-            y = rows[:, s + 1:s + 1 + x.shape[1]]
-            out, state = model(x, state)
-            total += float(F.cross_entropy(out.transpose(1, 2), y, reduction="sum"))
-            count += y.numel()
-    return total / count / math.log(2)
 
 
 def corpus_path(name: str) -> str:
@@ -152,7 +139,7 @@ def run(corpus_name: str, arm: str, seed: int, args, corpus_cache: dict) -> dict
         if u >= args.updates * 0.9:
             train_tail.append(total / math.log(2))
     cpu_s = time.process_time() - t0
-    valid = bits_per_char(model, corpus.data["valid"][: args.eval_chars])
+    valid = bits_per_char(model, corpus.data["valid"][: args.eval_chars], streams=8)
     return {"corpus": corpus_name, "arm": arm, "seed": seed, "valid_bpc": valid,
             "train_bpc_tail": statistics.fmean(train_tail), "updates": args.updates, "truncation": T,
             "batch": B, "hidden": args.hidden, "embed": args.embed, "lr": args.lr, "synth_kw": args.synth_kw,

@@ -140,7 +140,7 @@ def _plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = sorted({r["name"] for r in rows if r["k"] > 1})
     for name in names:
         pts = [(1, rows[0]["tokens_per_s"])] + sorted((r["k"], r["tokens_per_s"]) for r in rows if r["name"] == name)
@@ -148,15 +148,18 @@ def _plot(rows, path):
     a.set_xlabel("workers K (measured)")
     a.set_ylabel("tokens/s")
     a.set_xticks(sorted({r["k"] for r in rows}))
+    a.set_ylim(bottom=0)  # ratios read true only from zero
     a.legend(fontsize=7)
-    labels = [f"{r['name'][:22]} K={r['k']}" for r in rows]
+    labels = [f"{r['name']}, K={r['k']}".replace(" (ceiling)", "\n(ceiling)").replace(", same per-worker batch",
+                                                                                   "\n(same per-worker batch)")
+              for r in rows]
     bottom = [0.0] * len(rows)
     for phase in ("compute", "wait_state", "all_reduce", "other"):
         vals = [r["breakdown_ms_per_tick"][phase] for r in rows]
         b.barh(labels, vals, left=bottom, label=phase)
         bottom = [x + y for x, y in zip(bottom, vals)]
     b.set_xlabel("ms per tick (rank 0)")
-    b.legend(fontsize=7)
+    b.legend(fontsize=7, loc="lower right")
     b.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
