@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 import dni_dist
+from dni_dist.checkpoint import latest
 from dni_dist.config import Config
 from dni_dist.runners import debug
 
@@ -76,8 +77,11 @@ def test_a_stopped_run_ends_as_the_shorter_run_ends(tmp_path, capsys, workers, e
     """Stopped at the evaluation after batch 8; at K=2 batch 9 is in flight then and finishes: the
     run is then the run of --steps 9 (same losses, same weights, same final evaluation), not a run
     cut mid-pipeline. (At K=1 batch 8 is evaluated twice: at the stop, and after the drain.)"""
-    cfg = Config(workers=workers, save=str(tmp_path / "m.pt"), **BASE, **STOP)
+    cfg = Config(workers=workers, save=str(tmp_path / "m.pt"), checkpoint_dir=str(tmp_path / "ck"),
+                 checkpoint_every=3, **BASE, **STOP)
     model, m = debug.run(cfg, spec())
+    batch, state = latest(str(tmp_path / "ck"))
+    assert batch == end and state["loop"] is None  # the last checkpoint, taken after the drain
     err = capsys.readouterr().err
     assert "early stop at batch 8: score did not improve for 2 evaluations" in err
     assert m["batches"] == end and m["stopped"].startswith("early stop at batch 8")
