@@ -3,6 +3,7 @@ plots under docs/. docs/results.md is written by hand and links here.
 
     python benchmarks/report.py runs/grid --machine "2-core CPU, torch 2.13.0"
     python benchmarks/report.py runs/wins_equal_updates --out /tmp/report   # anywhere else
+    python benchmarks/report.py --replot-csv docs/data/results_runs.csv --out docs/data --note "round 1, before the gate"
 """
 import argparse
 import glob
@@ -140,7 +141,17 @@ def plots(runs, out_dir, suffix=""):
         ax.set_title("char_lm")
         ax.legend()
         made.append(save(fig, os.path.join(out_dir, f"valid_bpc_char_lm{suffix}.png")))
-    # best curriculum score vs T for the curriculum tasks
+    made += max_len_plot(runs, out_dir, suffix)
+    return made
+
+
+def max_len_plot(runs, out_dir, suffix="", note=""):
+    """The best curriculum score (mean of seeds) against T, one panel per curriculum task, ticks at
+    the T that ran, y from zero; ``note`` goes in each title (e.g. the round the runs are from)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    made = []
     if any(k[0] in ("copy", "repeat_copy") for k in runs):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         for ax, task in zip(axes, ["copy", "repeat_copy"]):
@@ -156,7 +167,8 @@ def plots(runs, out_dir, suffix=""):
             if all_ts:
                 ax.set_xticks(sorted(all_ts))
                 ax.set_xlim(min(all_ts) - 0.5, max(all_ts) + 0.5)
-            ax.set_title(task)
+            ax.set_ylim(bottom=0)
+            ax.set_title(f"{task}{', ' + note if note else ''}", fontsize=10)
             ax.set_xlabel("truncation T")
             ax.set_ylabel("longest " + ("N" if task == "copy" else "N x R") + " passed (mean of seeds)")
             ax.legend()
@@ -164,13 +176,70 @@ def plots(runs, out_dir, suffix=""):
     return made
 
 
+def label_png(path, note, dpi=90):
+    """Put ``note`` (may hold newlines) in a banner above an existing plot, in place: for plots
+    whose data is not in the repository, so they cannot be redrawn. Run it once per plot;
+    ``dpi``: the one the plot was saved with (this script's 90), so the text matches its size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    img = plt.imread(path)
+    h, w = img.shape[:2]
+    band = int((12.6 * (note.count("\n") + 1) + 7) * dpi / 72)  # pixels: 9-point lines, 1.4 apart
+    fig = plt.figure(figsize=(w / dpi, (h + band) / dpi), dpi=dpi)
+    ax = fig.add_axes([0, 0, 1, h / (h + band)])
+    ax.imshow(img)
+    ax.axis("off")
+    fig.text(0.5, 1 - 3 * dpi / 72 / (h + band), note, ha="center", va="top", fontsize=9, color="darkred")
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def load_csv(path):
+    """``{folder: runs}`` from a results_runs.csv this script wrote (the scores, not the curves)."""
+    import csv
+    out = defaultdict(lambda: defaultdict(list))
+    for row in csv.DictReader(open(path)):
+        score = float(row["score"])
+        out[row["folder"]][(row["task"], row["mode"], int(row["truncation"]))].append(
+            {row["score_name"]: int(score) if score.is_integer() else score, "seed": int(row["seed"]),
+             "steps": int(row["steps"]), "wall_s": float(row["wall_s"]), "mode": row["mode"],
+             "truncation": int(row["truncation"])})
+    return out
+
+
+def replot_csv(path, out_dir, note=""):
+    """Redraw the plots whose data a results_runs.csv holds (max_len_vs_T*.png: the curves need
+    the run folders): the first folder's without a suffix, the others' with the folder's name."""
+    made = []
+    for i, (folder, runs) in enumerate(load_csv(path).items()):
+        made += max_len_plot(runs, out_dir, "" if i == 0 else f"_{os.path.basename(folder.rstrip('/'))}", note)
+    return made
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("folders", nargs="+", help="grid folders, each written by run_grid.py (e.g. runs/grid)")
+    p.add_argument("folders", nargs="*", help="grid folders, each written by run_grid.py (e.g. runs/grid)")
+    p.add_argument("--replot-csv", default="", help="only redraw max_len_vs_T*.png from this results_runs.csv "
+                   "into --out (e.g. docs/data/results_runs.csv --out docs/data)")
+    p.add_argument("--note", default="", help="with --replot-csv: added to each plot's title; with --label: the "
+                   "banner's text (\\n for a new line)")
+    p.add_argument("--label", nargs="+", default=[], help="only put --note in a banner above these existing PNGs "
+                   "(plots whose data is not in the repository)")
+    p.add_argument("--dpi", type=int, default=90, help="with --label: the dpi the plots were saved with")
     p.add_argument("--budget-scales", default="", help="comma list, one per folder (as given to run_grid.py)")
     p.add_argument("--machine", default="this repository's 2-core CPU machine (no GPU), torch 2.13.0 CPU")
     p.add_argument("--out", default=os.path.join(ROOT, "docs"))
     args = p.parse_args()
+    if args.label:
+        print("\n".join(label_png(path, args.note.replace("\\n", "\n"), args.dpi) for path in args.label))
+        return
+    if args.replot_csv:
+        print("\n".join(replot_csv(args.replot_csv, args.out, args.note)))
+        return
+    if not args.folders:
+        p.error("give grid folders (or --replot-csv)")
     scales = args.budget_scales.split(",") if args.budget_scales else ["1"] * len(args.folders)
     os.makedirs(args.out, exist_ok=True)
     sections = []

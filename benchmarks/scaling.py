@@ -75,9 +75,14 @@ def main():
     p.add_argument("--out", default="runs/scaling")
     p.add_argument("--replot", default="", help="only redraw the table and plot of this scaling.json")
     args = p.parse_args()
-    if args.replot:
+    if args.replot:  # scaling.json -> scaling.png, scaling_16core.json -> scaling_16core.png
         rows = json.load(open(args.replot))
-        _report(rows, os.path.join(os.path.dirname(args.replot), "scaling.png"))
+        png = os.path.splitext(args.replot)[0] + ".png"
+        if isinstance(rows, dict):  # several calls (e.g. scaling_16core.json): speedups, each over its own call
+            rows = _merge_calls(rows)
+            _report(rows, png, y="speedup")
+        else:
+            _report(rows, png)
         return
     os.makedirs(args.out, exist_ok=True)
     configs = [("single process", 1, [], PER_WORKER_BATCH, 1)]
@@ -121,7 +126,22 @@ def _save(runs, out):
     return rows
 
 
-def _report(rows, png):
+def _merge_calls(calls: dict) -> list:
+    """Rows of a file that holds several calls (``{"machine", "call_1": rows, ...}``): the last
+    call's rows, then each earlier call's single process and its rows at a K the later calls did
+    not run, each named with its call; a row's speedup is over the single process of its own call."""
+    keys = sorted(k for k in calls if k.startswith("call"))
+    rows, seen = [], set()
+    for key in reversed(keys):
+        for r in calls[key]:
+            if r["k"] > 1 and (r["name"], r["k"]) in seen:  # every call's single process stays: its base
+                continue
+            seen.add((r["name"], r["k"]))
+            rows.append({**r, "call": key.replace("_", " ")})
+    return rows
+
+
+def _report(rows, png, y="tokens_per_s"):
     print(f"\n{'configuration':<40} {'K':>2} {'tokens/s':>9} {'x single':>8}  {'JTg':>4}   ms per tick: "
           "compute / wait state / all-reduce / other")
     for r in sorted(rows, key=lambda r: r["k"]):
@@ -131,28 +151,31 @@ def _report(rows, png):
               f"{b['compute']:.1f} / {b['wait_state']:.1f} / {b['all_reduce']:.1f} / "
               f"{b['other']:.1f}")
     try:
-        _plot(rows, png)
+        _plot(rows, png, y)
     except ImportError:
         print("matplotlib not installed: no plot")
 
 
-def _plot(rows, path):
+def _plot(rows, path, y="tokens_per_s"):
+    """Left: ``y`` (tokens/s, or ``speedup`` over the single process) against K, from zero.
+    Right: rank 0's ms per tick by phase, one bar per row, labelled in full (with its call, when
+    the rows come from several)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 0.45 * len(rows) + 2.5))
     names = sorted({r["name"] for r in rows if r["k"] > 1})
     for name in names:
-        pts = [(1, rows[0]["tokens_per_s"])] + sorted((r["k"], r["tokens_per_s"]) for r in rows if r["name"] == name)
+        pts = [(1, rows[0][y])] + sorted((r["k"], r[y]) for r in rows if r["name"] == name)
         a.plot(*zip(*pts), marker="o", label=name)
     a.set_xlabel("workers K (measured)")
-    a.set_ylabel("tokens/s")
+    a.set_ylabel({"tokens_per_s": "tokens/s", "speedup": "x the single process (of the same call)"}[y])
     a.set_xticks(sorted({r["k"] for r in rows}))
     a.set_ylim(bottom=0)  # ratios read true only from zero
     a.legend(fontsize=7)
     labels = [f"{r['name']}, K={r['k']}".replace(" (ceiling)", "\n(ceiling)").replace(", same per-worker batch",
                                                                                    "\n(same per-worker batch)")
-              for r in rows]
+              + (f" ({r['call']})" if r.get("call") else "") for r in rows]
     bottom = [0.0] * len(rows)
     for phase in ("compute", "wait_state", "all_reduce", "other"):
         vals = [r["breakdown_ms_per_tick"][phase] for r in rows]

@@ -132,7 +132,8 @@ class Config:
     grad_accum: int = option(1, group=TRAINING, help="""M: one optimizer step per M ticks' gradients (their
         mean: M ticks with data, each the engine's step of a tick); --lr-schedule counts the steps taken.""")
     early_stop: int = option(0, group=TRAINING, resumable=True, help="""stop after this many evaluations without
-        an improvement of --keep-best's metric (0 = never; debug mode).""")
+        an improvement of --keep-best's metric (0 = never). Any launch mode: rank 0 decides at an evaluation, every
+        rank learns it there; the batches in flight finish and the run ends as a shorter --steps run (exit 0).""")
     # ---------------------------------------------------------------- parallelism
     workers: int = option(0, group=PARALLELISM, help="""K: workers (processes, actors, or simulated in debug mode);
         must divide --chunks. 0: the launcher's world size under torchrun, else 1.""")
@@ -173,7 +174,7 @@ class Config:
         the end (torch.load(path, weights_only=True)).""")
     keep_best: str = option("", group=CHECKPOINTS, resumable=True, help="""after each evaluation, when this
         metric of the spec's evaluate (e.g. 'valid_bpc'; lower is better, 'max:acc' for higher) improved, write the
-        model and synthesizer to --best-path ('' = none).""")
+        model and synthesizer to --best-path ('' = none; torchrun/Ray: rank 0 writes it, on its machine).""")
     best_path: str = option("", group=CHECKPOINTS, resumable=True, help="""where --keep-best writes ('' = --save's
         '.best' sibling: model.pt -> model.best.pt).""")
     # ---------------------------------------------------------------- logging

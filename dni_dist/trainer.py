@@ -14,14 +14,13 @@ evaluation; ``batch_index`` is the 0-based index of the last batch trained (batc
 
 Gradient accumulation and the schedule count optimizer steps as the engine takes them (one per
 tick with data); bf16 autocast covers the model's forward and loss, the synthesizer stays fp32;
-fp16 is refused (it would need loss scaling); early stopping runs in debug mode only.
+fp16 is refused (it would need loss scaling). Early stopping runs in every launch mode: rank 0
+decides at its evaluations and every rank learns it there (:mod:`dni_dist.runners.early_stop`).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sys
 
 import torch
 
@@ -30,12 +29,6 @@ from .files import save_torch
 from .config import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-EARLY_STOP_DEBUG_ONLY = ("early_stop runs in debug mode only for now (every torchrun/Ray rank would have to learn "
-                         "of the stop); leave --early-stop out, or run with --backend debug")
-
-
-class StopTraining(Exception):
-    """Raised on rank 0 by early stopping: the run ends cleanly at the current batch."""
 
 
 def check_config(cfg) -> None:
@@ -50,8 +43,6 @@ def check_config(cfg) -> None:
     if cfg.precision == "fp16":
         raise ConfigError("precision='fp16' is not supported: fp16 needs a gradient scaler (loss scaling), which "
                           "dni_dist does not implement for synthetic gradients; use --precision bf16", "precision")
-    if cfg.early_stop and cfg.backend != "debug":
-        raise ConfigError(EARLY_STOP_DEBUG_ONLY, "early_stop", "backend")
     if cfg.early_stop and not cfg.keep_best:
         raise ConfigError("early_stop needs keep_best: the metric whose improvement it waits for "
                           "(e.g. --keep-best valid_bpc)", "early_stop", "keep_best")
@@ -86,8 +77,6 @@ class Trainer:
 
     def __init__(self, cfg, spec, worker):
         self.cfg, self.params, self.opt = cfg, worker.params, worker.opt
-        if cfg.early_stop and cfg.backend != "debug":
-            raise ConfigError(EARLY_STOP_DEBUG_ONLY, "early_stop")  # torchrun: the backend is known only now
         self.dtype = PRECISIONS[cfg.precision]
         self.like = worker.like
         self.accum = None  # the sum of the gradients of the steps accumulated so far
@@ -182,7 +171,8 @@ class RunHooks:
     def __init__(self, cfg, spec, worker, start: int):
         self.cfg, self.spec, self.worker = cfg, spec, worker
         self.rows = len(worker.losses) if (spec.on_batch_end is not None or cfg.mlflow) else 0
-        self.bad_evals, self.stopped = 0, False
+        self.bad_evals = 0
+        self.stop = ""  # why early stopping ends the run ('' while it goes on): every rank learns it
         self.best = None
         self.metric, self.sign = cfg.keep_best, 1.0
         if self.metric.startswith("max:"):
@@ -224,8 +214,9 @@ class RunHooks:
             self.mlflow.log_metric("train_loss", loss, step=done)
 
     def evaluated(self, row: dict) -> None:
-        """After an evaluation (``row``: ``batch`` = batches done, and the spec's metrics). Raises
-        :class:`StopTraining` when early stopping ends the run here (never at the final one)."""
+        """After an evaluation (``row``: ``batch`` = batches done, and the spec's metrics). Sets
+        :attr:`stop` when early stopping ends the run here (never at the final one); the runner's
+        :class:`dni_dist.runners.early_stop.EarlyStop` tells every rank."""
         done = row["batch"]
         metrics = {k: v for k, v in row.items() if k != "batch"}
         if self.spec.on_eval is not None:
@@ -248,10 +239,9 @@ class RunHooks:
         else:
             self.bad_evals += 1
             if self.cfg.early_stop and self.bad_evals >= self.cfg.early_stop and done < self.cfg.steps \
-                    and not self.stopped:
-                self.stopped = True
-                raise StopTraining(f"early stop at batch {done}: {self.metric} did not improve for "
-                                   f"{self.bad_evals} evaluations (best {self.sign * self.best:.6g})")
+                    and not self.stop:
+                self.stop = (f"early stop at batch {done}: {self.metric} did not improve for "
+                             f"{self.bad_evals} evaluations (best {self.sign * self.best:.6g})")
 
     def close(self) -> None:
         if self.mlflow is not None:
@@ -265,16 +255,3 @@ def best_sibling(path: str) -> str:
         return ""
     root, ext = os.path.splitext(path)
     return f"{root}.best{ext or '.pt'}"
-
-
-@contextlib.contextmanager
-def stopping(reporter):
-    """Run the training loops; an early stop ends them cleanly. Yields a list that holds the
-    reason when it stopped."""
-    why = []
-    try:
-        yield why
-    except StopTraining as e:
-        why.append(str(e))
-        label = f"[{reporter.label}] " if reporter is not None else ""
-        print(f"{label}{e}", file=sys.stderr, flush=True)

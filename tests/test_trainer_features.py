@@ -234,11 +234,6 @@ def test_early_stop_ends_the_run_cleanly(tmp_path, capsys):
     assert "early stop at batch 4: score did not improve for 2 evaluations" in capsys.readouterr().err
 
 
-def test_early_stop_outside_debug_mode_is_refused():
-    with pytest.raises(ConfigError, match="debug mode only"):
-        Config(keep_best="score", best_path="b.pt", early_stop=2, backend="ray")
-
-
 def test_early_stop_from_the_command_line_exits_0(tmp_path, capsys):
     from dni_dist import train
     spec = user(evaluate=scripted([5.0, 6.0, 7.0] + [9.0] * 10))

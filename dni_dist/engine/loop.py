@@ -92,7 +92,7 @@ class Timers:
 
 def run_schedule(worker: Worker, transport: Transport, sched: Schedule, sync: str, faults=None, on_tick=None,
                  timers: Timers | None = None, checkpoint_at=None, on_checkpoint=None, start_tick: int = 0,
-                 pending: torch.Tensor | None = None) -> Iterator[None]:
+                 pending: torch.Tensor | None = None, stop=None) -> Iterator[None]:
     """Run ``sched`` from tick ``start_tick`` to its end, the pipeline drained at the end only.
 
     ``on_tick(tick)`` runs after each step. Where ``checkpoint_at(tick)`` is true, every worker
@@ -102,6 +102,11 @@ def run_schedule(worker: Worker, transport: Transport, sched: Schedule, sync: st
     starts at ``start_tick`` (the next tick) with that sum as ``pending`` and the worker's
     in-flight state loaded (:meth:`Worker.load_inflight`); it first sends again what the
     worker had sent in the checkpointed tick (the messages in flight then).
+
+    ``stop`` (early stopping, :class:`dni_dist.runners.early_stop.EarlyStop`): where
+    ``stop.due(sched, tick)``, every worker meets at the tick's end as at a checkpoint and
+    ``stop.cut(sched, tick)`` says whether the run stops; on a stop the rest of the run follows the
+    cut schedule (the batches in flight finish, none starts) and takes no more mid-run checkpoints.
     """
     pos = worker.position
     tm = timers or Timers()
@@ -112,7 +117,9 @@ def run_schedule(worker: Worker, transport: Transport, sched: Schedule, sync: st
         worker._tick = start_tick - 1  # forward counts ticks from here (the synthesizer's clock asks the schedule)
         _send(worker, transport, worker.take_outbox())
     pending = None if pending is None else Ready(pending)  # overlap: the all-reduce started last tick;
-    for t in range(start_tick, sched.ticks):               # exact: its synthesizer part
+    t, cut = start_tick - 1, False                         # exact: its synthesizer part
+    while t + 1 < sched.ticks:
+        t += 1
         a = sched.action(pos, t)
         yield
         tm.lap("other")
@@ -154,13 +161,20 @@ def run_schedule(worker: Worker, transport: Transport, sched: Schedule, sync: st
         tm.lap("compute")
         if on_tick is not None:
             on_tick(t)
-        if checkpoint_at is not None and checkpoint_at(t):
+        checkpoint = checkpoint_at is not None and not cut and checkpoint_at(t)
+        evaluated = stop is not None and stop.due(sched, t)
+        if checkpoint or evaluated:
             yield  # every worker at the tick's end
             tm.lap("other")
             if pending is not None:
                 pending = Ready(transport.finish(pending))
             tm.lap("all_reduce")
-            on_checkpoint(t, None if pending is None else pending.total)
+            if checkpoint:
+                on_checkpoint(t, None if pending is None else pending.total)
+            short = stop.cut(sched, t) if evaluated else None
+            if short is not None:  # early stop: the batches in flight finish, none starts
+                sched = worker.schedule = short
+                cut = True
         tm.lap("other")
     yield
     if pending is not None:  # drain at the end of the run

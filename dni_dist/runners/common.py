@@ -160,14 +160,16 @@ def stream_groups(cfg: Config, spec) -> int:
     return spec.stream_groups if cfg.stream_groups < 0 else cfg.stream_groups
 
 
-def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None", gather=None):
+def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None", gather=None,
+               stop=None):
     """The generator one worker runs from batch ``start`` (or from the tick a mid-run checkpoint
     left, :attr:`Worker.resumed_at`) to the end: the whole run as one schedule, with rank 0's
     reporting, and checkpoints at tick ends that hold what is in flight (nothing drains).
 
     ``gather(inflight_state)`` collects every worker's in-flight state at a checkpoint: rank 0
     gets the list by rank, the others None (a collective under torch.distributed; in debug mode
-    rank 0 reads the other workers, which wait at the same tick's end)."""
+    rank 0 reads the other workers, which wait at the same tick's end). ``stop``: early stopping
+    (:mod:`.early_stop`); once it stopped, ``stop.end`` is where the run ended."""
     from ..engine.loop import Timers, run_schedule, schedule_for, step_rule
     from ..testing.faults import Faults
     faults = Faults.from_config(cfg)
@@ -199,12 +201,13 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
     yield from run_schedule(worker, transport, sched, cfg.sync, faults, on_tick, worker.timers,
                             lambda t: checkpoint_due(cfg, sched, t), on_checkpoint,
                             start_tick=at["tick"] if at else 0,
-                            pending=at["pending"].to(worker.device) if at and at["pending"] is not None else None)
+                            pending=at["pending"].to(worker.device) if at and at["pending"] is not None else None,
+                            stop=stop)
     worker.resumed_at = None
     if cfg.checkpoint_every:  # the last checkpoint, the pipeline drained
         states = gather(worker.inflight_state())
         if reporter is not None:
-            save_checkpoint(cfg, spec.name, cfg.steps, worker, states, None)
+            save_checkpoint(cfg, spec.name, (stop and stop.end) or cfg.steps, worker, states, None)
 
 
 class EndOfRunError(RuntimeError):

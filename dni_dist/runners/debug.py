@@ -12,9 +12,9 @@ import torch
 
 from ..config import Config
 from ..engine.worker import Worker
-from ..trainer import stopping
 from ..transport.factory import local_transports
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
+from .early_stop import EarlyStop, local_agree
 
 
 def run(cfg: Config, spec):
@@ -32,22 +32,24 @@ def run(cfg: Config, spec):
     try:
         def gather(k):  # at a checkpoint every other worker waits at the same tick's end
             return (lambda mine: [w.inflight_state() for w in workers]) if k == 0 else (lambda mine: None)
-        loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None, gather(k))
+        # early stop (.early_stop): every worker reads rank 0's decision at the evaluation points
+        stops = [EarlyStop(cfg, spec, reporter if k == 0 else None, local_agree(reporter)) for k in range(cfg.workers)]
+        loops = [worker_run(cfg, spec, w, tr, start, reporter if k == 0 else None, gather(k), stops[k])
                  for k, (w, tr) in enumerate(zip(workers, transports))]
         alive = True
-        with stopping(reporter) as stopped:  # early stop (dni_dist.trainer): the run ends at this batch
-            while alive:  # lockstep: every loop to its next synchronisation point, in rank order
-                alive = False
-                for loop in loops:
-                    try:
-                        next(loop)
-                        alive = True
-                    except StopIteration:
-                        pass
+        while alive:  # lockstep: every loop to its next synchronisation point, in rank order
+            alive = False
+            for loop in loops:
+                try:
+                    next(loop)
+                    alive = True
+                except StopIteration:
+                    pass
     except BaseException:
         reporter.close()
         raise
-    if stopped:
-        cfg = dataclasses.replace(cfg, steps=reporter.done)
-    m = finish(cfg, workers[0], reporter, t0, t0 - t_build, start, {"stopped": stopped[0]} if stopped else None)
+    stop = stops[0]
+    if stop.end is not None:  # the run ended as a run of --steps stop.end ends
+        cfg = dataclasses.replace(cfg, steps=stop.end)
+    m = finish(cfg, workers[0], reporter, t0, t0 - t_build, start, {"stopped": stop.reason} if stop.end else None)
     return workers[0].model, m

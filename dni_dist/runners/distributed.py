@@ -1,6 +1,7 @@
 """One worker per process over torch.distributed: what torchrun and the Ray actors both run."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import time
@@ -12,6 +13,7 @@ from ..config import Config
 from ..engine.worker import Worker
 from ..transport.factory import process_transport
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
+from .early_stop import EarlyStop, broadcast_agree
 
 
 def run_rank(cfg: Config, spec, rank: int, world: int):
@@ -29,9 +31,11 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
     worker = Worker(spec, cfg, 0 if data else rank, share=(rank, world) if data else (0, 1))
     start = resume_point(cfg, spec.name, worker)
     reporter = Reporter(cfg, spec, worker, start) if rank == 0 else None
+    stop = EarlyStop(cfg, spec, reporter, broadcast_agree(worker.device, cfg.timeout_s))  # rank 0's word to all
     t0 = time.perf_counter()
     try:
-        for _ in worker_run(cfg, spec, worker, transport, start, reporter, lambda mine: _gather_to_first(mine, world)):
+        for _ in worker_run(cfg, spec, worker, transport, start, reporter, lambda mine: _gather_to_first(mine, world),
+                            stop):
             pass
         by_rank = _gather_breakdowns(worker.timers.s, world)
         transport.close()
@@ -39,7 +43,12 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
         if reporter is not None:
             reporter.close()
         raise
-    m = finish(cfg, worker, reporter, t0, t0 - t_build, start, {"rank": rank, "tick_breakdown_s_by_rank": by_rank})
+    extra = {"rank": rank, "tick_breakdown_s_by_rank": by_rank}
+    if stop.end is not None:  # every rank ended at the same batch, as a run of --steps stop.end ends
+        cfg = dataclasses.replace(cfg, steps=stop.end)
+        if rank == 0:
+            extra["stopped"] = stop.reason
+    m = finish(cfg, worker, reporter, t0, t0 - t_build, start, extra)
     return worker.model, m
 
 

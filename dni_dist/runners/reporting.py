@@ -23,6 +23,7 @@ class Reporter:
         self.label = label or f"{cfg.mode} K={cfg.workers}"
         self.t0 = time.perf_counter()
         self.done, self.rows, self.evals = start, len(worker.losses), []
+        self.steps = cfg.steps  # where the run ends (earlier after an early stop: end_at)
         self.tokens_per_batch = worker.batch_size * cfg.length
         self.bar, self.csv, self.tb = None, None, None
         self._last_line, self._last_bar = self.t0, 0.0
@@ -92,7 +93,7 @@ class Reporter:
         if crossed:
             self.hooks.batches_done(prev, batches_done)
         if crossed and self.spec.evaluate and cfg.eval_every and batches_done // cfg.eval_every > prev // cfg.eval_every \
-                and batches_done < cfg.steps:
+                and batches_done < self.steps:
             self.evaluate()
         now = time.perf_counter()
         if self.bar is not None and crossed:
@@ -101,10 +102,17 @@ class Reporter:
                 self._last_bar = now
                 self.bar.set_postfix_str(self._summary(tok, stats), refresh=False)
         elif self.bar is None and cfg.progress and (now - self._last_line >= cfg.log_every or
-                                                    batches_done == cfg.steps and crossed):
+                                                    batches_done == self.steps and crossed):
             self._last_line = now
-            print(f"[{self.label}] batch {batches_done}/{cfg.steps}  {self._summary(tok, stats)}  "
+            print(f"[{self.label}] batch {batches_done}/{self.steps}  {self._summary(tok, stats)}  "
                   f"{now - self.t0:.0f}s", file=sys.stderr, flush=True)
+
+    def end_at(self, batch: int) -> None:
+        """An early stop: the run ends at ``batch`` (no evaluation before; the final one after)."""
+        self.steps = batch
+        if self.bar is not None:
+            self.bar.total = batch
+            self.bar.refresh()
 
     def _summary(self, tok, stats) -> str:
         recent = self.worker.losses[-self.cfg.chunks:]
