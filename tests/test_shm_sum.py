@@ -42,7 +42,7 @@ def _worker(rank, world, port, q):
         out = []
         for n in SIZES:
             got = tr.all_reduce_sum(torch.full((n,), ORDER[rank % 4]) + torch.arange(n) * (rank + 1))
-            slots, seq = tr.slots, tr.slots._seq - 1
+            slots, seq = tr.sums.slots, tr.sums.slots._seq - 1
             out.append((got.tolist(), slots._result[seq % 2, :n].tolist(), slots._flags[:, 3].tolist()))
         q.put((rank, "ok", out))
     except Exception as e:  # noqa: BLE001 - the test inspects it
