@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from dni_dist.transport.backend import BackendHandle, BackendMessages, BackendSum
 from dni_dist.transport.base import Transport
@@ -13,7 +12,7 @@ from dni_dist.transport.process import ProcessTransport
 from dni_dist.transport.shm_messages import MailboxMessages
 from dni_dist.transport.shm_sums import CheckedHandle, CheckedSum, FlagsHandle, FlagsSum
 
-from conftest import free_port
+from conftest import free_port, spawn_ranks
 
 PROTOCOL = sorted(n for n, v in vars(Transport).items() if callable(v) and not n.startswith("_"))
 
@@ -97,16 +96,7 @@ def test_without_ordered_stores_sums_check_with_an_all_reduce_and_messages_use_t
     local = LocalHub(world).transports()
     handles = [t.start_all_reduce(torch.full((10,), v)) for t, v in zip(local, TERMS)]
     want = [t.finish(h) for t, h in zip(local, handles)][0].tolist()
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_checked_worker, args=(r, world, port, q)) for r in range(world)]
-    for p in procs:
-        p.start()
-    got = sorted(q.get(timeout=100) for _ in range(world))
-    for p in procs:
-        p.join(20)
-    for rank, paths, message, total, bad in got:
+    for rank, paths, message, total, bad in spawn_ranks(_checked_worker, world):
         assert paths == ("BackendMessages", "CheckedSum"), (rank, message)
         assert message == [[float((rank - 1) % world)] * 3] * 2
         assert total == want
