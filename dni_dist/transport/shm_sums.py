@@ -24,7 +24,14 @@ from .base import MessageError
 
 
 class _SlotsSum:
-    """What both paths share: writing into the slots, and the fallback to the backend's sum."""
+    """What both paths share: writing into the slots, and the fallback to the backend's sum.
+
+    Args:
+        rank, world: this worker and the number of workers (all on this host).
+        slots: the shared slots (made by the factory; mapped at the first sum).
+        fallback: the backend's sum (:class:`.backend.BackendSum`), for no room in /dev/shm.
+        strict: ``--reduce shared-memory``: no room is an error, not a warning.
+    """
 
     def __init__(self, rank: int, world: int, slots: shm.SharedSlots, fallback, strict: bool):
         self.rank, self.world, self.slots, self.fallback, self.strict = rank, world, slots, fallback, strict
@@ -79,7 +86,7 @@ class CheckedHandle:
 class FlagsSum(_SlotsSum):
     """Slots with each worker's flag as the barrier (x86), summed as a reduce-scatter and an all-gather.
 
-    Args (beyond :class:`CheckedSum`'s): pids: each worker's process id, to stop waiting as
+    Args (beyond :class:`_SlotsSum`'s): pids: each worker's process id, to stop waiting as
     soon as one exits (``None``: unknown); timeout_s: how long a wait for the others lasts.
     """
 
