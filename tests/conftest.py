@@ -45,6 +45,21 @@ def free_port():
     return port
 
 
+def spawn_ranks(target, world, wait_s=100):
+    """Run ``target(rank, world, port, queue)`` in ``world`` spawned processes; each puts one
+    answer on the queue: the answers, sorted (by rank where the answers begin with it)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, world, port, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got = sorted(q.get(timeout=wait_s) for _ in range(world))
+    for p in procs:
+        p.join(20)
+    return got
+
+
 def _spawned_rank(rank, world, port, cfg, spec, out_dir):
     import torch.distributed as dist
 

@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from dni_dist.transport.local import LocalHub
 from dni_dist.transport.shm import SharedSlots, ordered_stores
 
-from conftest import free_port
+from conftest import spawn_ranks
 
 ORDER = (1e8, 1.0, -1e8, 1.0)  # float32: rank order gives 1, other orders 0 or 2
 SIZES = (10, 67, 1000)  # fewer values than workers x 16, not a multiple of 16, several lines each
@@ -42,7 +41,7 @@ def _worker(rank, world, port, q):
         out = []
         for n in SIZES:
             got = tr.all_reduce_sum(torch.full((n,), ORDER[rank % 4]) + torch.arange(n) * (rank + 1))
-            slots, seq = tr.slots, tr.slots._seq - 1
+            slots, seq = tr.sums.slots, tr.sums.slots._seq - 1
             out.append((got.tolist(), slots._result[seq % 2, :n].tolist(), slots._flags[:, 3].tolist()))
         q.put((rank, "ok", out))
     except Exception as e:  # noqa: BLE001 - the test inspects it
@@ -64,15 +63,7 @@ def test_four_workers_sum_slices_in_rank_order_with_debug_modes_bits():
               for r, t in enumerate(local)]
         want.append([t.finish(h) for t, h in zip(local, hs)][0].tolist())
     assert want[0][0] == 1.0  # rank order tells itself apart
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, q)) for r in range(world)]
-    for p in procs:
-        p.start()
-    got = sorted(q.get(timeout=100) for _ in range(world))
-    for p in procs:
-        p.join(20)
+    got = spawn_ranks(_worker, world)
     for rank, kind, out in got:
         assert kind == "ok", (rank, out)
         for i, (total, shared, reduced) in enumerate(out):

@@ -198,12 +198,13 @@ def _raw_pair(rank, port, scenario, q):
     import torch.distributed as dist
 
     from dni_dist.transport.base import Message
+    from dni_dist.transport.shm_messages import MailboxMessages
     from dni_dist.transport.torch_dist import TorchDistTransport, _encode
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=20))
     path, scenario = scenario.split("-")
     tr = TorchDistTransport(timeout_s=5.0, reduce="backend" if path == "gloo" else "shared-memory")
-    assert tr.shm_sync == (path == "mailbox")
+    assert isinstance(tr.messages, MailboxMessages) == (path == "mailbox")
     msg = Message("state", 3, 1, ((1, 4, 16),), torch.float32)
     try:
         if rank == 0:
@@ -212,11 +213,11 @@ def _raw_pair(rank, port, scenario, q):
                 h[5] = 10  # a header that lies about the payload size
             short = torch.zeros(10)  # 10 floats, not 64 + marker
             if path == "gloo":
-                dist.send(h, 1, group=tr.group)
+                dist.send(h, 1, group=tr.backend.group)
                 if scenario == "short":
-                    dist.send(short, 1, group=tr.group)
+                    dist.send(short, 1, group=tr.backend.group)
             else:
-                box = tr._box(0, 1)
+                box = tr.messages.box(0, 1)
                 box.post(_encode(msg), torch.full((65,), 8191.0))  # a whole one first: the slots hold its bytes
                 box.post(h, short if scenario == "short" else torch.full((65,), 8191.0))
             time.sleep(4)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -28,11 +28,13 @@ class Message:
         return f"{self.kind} of batch {self.batch} chunk {self.chunk} with shapes {list(self.shapes)} {self.dtype}"
 
 
+@runtime_checkable
 class Transport(Protocol):
     """Point-to-point messages between neighbouring workers and one sum over all workers.
 
     ``send`` never blocks on the receiver; ``recv`` and ``all_reduce_sum`` block at most the
-    configured timeout and then raise.
+    configured timeout and then raise. ``start_all_reduce`` returns a handle that ``finish``
+    takes; at most one sum is in flight per worker.
     """
 
     rank: int

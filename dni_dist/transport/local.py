@@ -1,4 +1,5 @@
-"""The in-process transport of debug mode: K workers in one process, mailboxes and a summing hub.
+"""The in-process transport of debug mode: K workers in one process, mailboxes and a summing hub
+(:func:`.factory.local_transports` picks it for every debug run).
 
 The debug runner steps the K workers' tick loops in lockstep (rank order), so every message is
 sent before it is received and every all-reduce has all K buffers before anyone finishes it. A

@@ -68,6 +68,28 @@ class PeerGone(ConnectionError):
     """The peer process exited while this worker waited for it."""
 
 
+def alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still runs (an exited one not yet reaped, a zombie, counts as gone;
+    ``None``, a pid from another PID namespace, counts as running)."""
+    if pid is None:
+        return True
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+        except (OSError, IndexError):  # unreadable: ask the kernel whether the pid exists
+            pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        pass
+    return True
+
+
 def available() -> bool:
     """Whether this host has a shared-memory filesystem to map slots from (Linux)."""
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
