@@ -5,7 +5,7 @@ its gradient buffer, without the training around it.
     torchrun --standalone --nproc-per-node 4 benchmarks/gloo_allreduce.py --reduce auto  # the engine's sum
 
 ``--reduce backend`` (the default) times ``dist.all_reduce``; ``--reduce auto`` or
-``shared-memory`` times the engine's transport (``TorchDistTransport.start_all_reduce`` +
+``shared-memory`` times the engine's transport (``process_transport(...).start_all_reduce`` +
 ``finish``), which on one x86 host sums through /dev/shm: each worker adds its 1/K slice of every
 buffer in rank order, then every worker copies the whole sum (reduce-scatter + all-gather).
 Rank 0 prints one row per size: MB, the median ms of ``--reps`` sums, MB/s. Run it alone on the
@@ -33,8 +33,8 @@ def main():
             dist.all_reduce(x)
             return x
     else:
-        from dni_dist.transport.torch_dist import TorchDistTransport
-        tr = TorchDistTransport(60.0, "cpu", args.reduce)
+        from dni_dist.transport.factory import process_transport
+        tr = process_transport(60.0, "cpu", args.reduce)
 
         def sum_(x):
             return tr.finish(tr.start_all_reduce(x))

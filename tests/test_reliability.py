@@ -101,10 +101,10 @@ def _transport_pair(rank, port, scenario, q):
     import torch.distributed as dist
 
     from dni_dist.transport.base import Message
-    from dni_dist.transport.torch_dist import TorchDistTransport
+    from dni_dist.transport.factory import process_transport
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=20))
-    tr = TorchDistTransport(timeout_s=2.0)
+    tr = process_transport(2.0)
     sent = Message("state", 3, 1, ((1, 4, 8), (1, 4, 8)), torch.float32)
     try:
         if rank == 0 and scenario == "mismatch":
@@ -145,7 +145,7 @@ def _shm_pair(rank, port, scenario, q, world=2):
     import torch.distributed as dist
 
     from dni_dist.transport import shm
-    from dni_dist.transport.torch_dist import TorchDistTransport
+    from dni_dist.transport.factory import process_transport
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=20))
     if scenario == "no-shm" and rank == 1:
@@ -155,7 +155,7 @@ def _shm_pair(rank, port, scenario, q, world=2):
             raise OSError(28, "No space left on device")
         os.posix_fallocate = full
     try:
-        tr = TorchDistTransport(timeout_s=5.0, reduce="auto" if scenario == "full-auto" else "shared-memory")
+        tr = process_transport(5.0, reduce="auto" if scenario == "full-auto" else "shared-memory")
         n = {"sizes": 10 + 2 * rank, "later-sizes": 10}.get(scenario, 10)
         value = ORDER_TERMS[rank] if scenario == "order" else rank + 1.0
         got = tr.all_reduce_sum(torch.full((n,), value))

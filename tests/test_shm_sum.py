@@ -32,12 +32,12 @@ def _worker(rank, world, port, q):
 
     import torch.distributed as dist
 
-    from dni_dist.transport.torch_dist import TorchDistTransport
+    from dni_dist.transport.factory import process_transport
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=30))
     try:
-        tr = TorchDistTransport(timeout_s=20.0, reduce="shared-memory")
+        tr = process_transport(20.0, reduce="shared-memory")
         out = []
         for n in SIZES:
             got = tr.all_reduce_sum(torch.full((n,), ORDER[rank % 4]) + torch.arange(n) * (rank + 1))

@@ -199,11 +199,12 @@ def _raw_pair(rank, port, scenario, q):
 
     from dni_dist.transport.base import Message
     from dni_dist.transport.shm_messages import MailboxMessages
-    from dni_dist.transport.torch_dist import TorchDistTransport, _encode
+    from dni_dist.transport.factory import process_transport
+    from dni_dist.transport.wire import encode as _encode
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=20))
     path, scenario = scenario.split("-")
-    tr = TorchDistTransport(timeout_s=5.0, reduce="backend" if path == "gloo" else "shared-memory")
+    tr = process_transport(5.0, reduce="backend" if path == "gloo" else "shared-memory")
     assert isinstance(tr.messages, MailboxMessages) == (path == "mailbox")
     msg = Message("state", 3, 1, ((1, 4, 16),), torch.float32)
     try:

@@ -29,7 +29,7 @@ class Backend:
 
     def __init__(self, timeout_s: float):
         if not dist.is_initialized():
-            raise RuntimeError("TorchDistTransport needs torch.distributed initialised (init_process_group)")
+            raise RuntimeError("the process transport needs torch.distributed initialised (init_process_group)")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.timeout = datetime.timedelta(seconds=timeout_s)
         # point-to-point messages on a group of their own, so they never queue behind the all-reduce
