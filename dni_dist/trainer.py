@@ -71,11 +71,8 @@ def cosine(step: int, total: int, warmup: int) -> float:
 def optimizer_steps(cfg, spec, worker) -> int:
     """How many optimizer steps the run takes: ticks where some worker runs a chunk (the whole run
     is one schedule), divided by ``grad_accum`` (chunks skipped for a non-finite loss aside)."""
-    from .engine.loop import schedule_for
-    from .runners.common import stream_groups
-    synth = worker.synth
-    s = schedule_for(cfg, 0, stream_groups(cfg, spec), synth.lookahead if synth else 1,
-                     synth.train_every if synth else 1)
+    from .run_plan import schedule_for
+    s = schedule_for(cfg, spec, 0)
     busy = sum(1 for t in range(s.ticks) if any(s.action(w, t) is not None for w in range(s.workers)))
     return busy // cfg.grad_accum
 

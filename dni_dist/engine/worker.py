@@ -28,6 +28,7 @@ from .. import targets as tg
 from ..chunk import ChunkGraph, chunk_backward, chunk_forward, chunk_target
 from ..config import Config
 from ..optim import adam
+from ..run_plan import synth_kwargs
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from ..trainer import Trainer
@@ -63,11 +64,8 @@ class Worker(WorkerState):
         self.opt = spec.optimizer(self.params) if spec.optimizer else adam(self.params, cfg.lr)
         self._batch_cache: dict[int, tuple] = {}
         self.like = self._probe_state()
-        self.synth = None
-        if self.dni:
-            opts = {"lr": cfg.synth_lr, "factor": cfg.factor, "discount": cfg.discount, **spec.synthesizer,
-                    **cfg.synth_options}
-            self.synth = Synthesizer.for_state(self.like, **opts)
+        opts = synth_kwargs(cfg, spec)  # resolved above the worker: the runner's schedule is built from them too
+        self.synth = Synthesizer.for_state(self.like, **opts) if opts is not None else None
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
         dtype = self.params[0].dtype if self.params else torch.float32
         self.grads = GradBuffer(self.params, self.sparams, dtype, self.device)  # what the all-reduce sums
