@@ -84,6 +84,26 @@ def check_synth_options(opts, where: str) -> dict:
     return dict(opts)
 
 
+def check_trainer_options(cfg) -> None:
+    """The trainer options' own checks (:mod:`dni_dist.trainer`; called by ``Config.__post_init__``)."""
+    if cfg.grad_accum < 1:
+        raise ConfigError(f"grad_accum={cfg.grad_accum!r}: expected an int >= 1 (1 = a step every tick)",
+                          "grad_accum")
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"warmup_steps={cfg.warmup_steps!r}: expected an int >= 0", "warmup_steps")
+    if cfg.early_stop < 0:
+        raise ConfigError(f"early_stop={cfg.early_stop!r}: expected an int >= 0 (0 = off)", "early_stop")
+    if cfg.precision == "fp16":
+        raise ConfigError("precision='fp16' is not supported: fp16 needs a gradient scaler (loss scaling), which "
+                          "dni_dist does not implement for synthetic gradients; use --precision bf16", "precision")
+    if cfg.early_stop and not cfg.keep_best:
+        raise ConfigError("early_stop needs keep_best: the metric whose improvement it waits for "
+                          "(e.g. --keep-best valid_bpc)", "early_stop", "keep_best")
+    if cfg.keep_best and not (cfg.best_path or cfg.save):
+        raise ConfigError("keep_best needs a place to write the best model: --save PATH (it writes PATH's "
+                          "'.best' sibling) or --best-path PATH", "keep_best", "best_path")
+
+
 @dataclass(kw_only=True)
 class Config:
     # ---------------------------------------------------------------- task and model
@@ -275,8 +295,7 @@ class Config:
                 Schedule(self.chunks, k, 1)  # the schedule owns the rule: a block of chunks per worker
             except ValueError as e:
                 raise ConfigError(str(e), "chunks", "workers") from None
-        from .trainer import check_config
-        check_config(self)
+        check_trainer_options(self)
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("checkpoint_every > 0 needs checkpoint_dir", "checkpoint_every", "checkpoint_dir")
         if self.resume and not self.checkpoint_dir:

@@ -1,5 +1,5 @@
-"""The options of :class:`dni_dist.Synthesizer`: the research options as one frozen dataclass, the
-checks of the everyday ones, and the view of its statistics (``synth.stats``)."""
+"""The options of :class:`dni_dist.Synthesizer`: the research options as one frozen dataclass and
+the checks of the everyday ones. Its statistics (``synth.stats``) are :mod:`dni_dist.synth_stats`."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +8,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-# device counters of a Synthesizer (a non-persistent buffer): their index
-UPDATES, NONFINITE_PREDICTIONS, NONFINITE_TARGETS, SKIPPED_UPDATES = range(4)
-
 
 @dataclass(frozen=True)
 class SynthOptions:
@@ -110,36 +106,6 @@ class SynthOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(SynthOptions))
-
-
-class SynthStats:
-    """What a user or a benchmark reads (``synth.stats``): a view, read from the device when an
-    attribute is read (one host-device read each), never written by an update.
-
-    Attributes: updates, targets, zero_targets (mid-stream boundaries trained toward zero),
-    dropped_ends (sequence ends nothing followed), nonfinite_predictions (replaced by zeros, never
-    injected), nonfinite_targets (dropped), skipped_updates (non-finite gradient), last_loss
-    (regression loss of the last update), last_target_energy (mean square of its targets),
-    skill (fraction of recent target variance explained by the injected direction), gate (what
-    the injection is scaled by now, in [0, 1]), correlation (of the centred prediction with its
-    target on recent targets).
-    """
-    FIELDS = ("updates", "targets", "zero_targets", "dropped_ends", "nonfinite_predictions", "nonfinite_targets",
-              "skipped_updates", "last_loss", "last_target_energy", "skill", "gate", "correlation")
-
-    def __init__(self, synth):
-        self._synth = synth
-
-    def __getattr__(self, name):
-        if name in SynthStats.FIELDS:
-            return self._synth._read_stats()[name]
-        raise AttributeError(f"SynthStats has no attribute {name!r}; it has {', '.join(SynthStats.FIELDS)}")
-
-    def as_dict(self) -> dict:
-        return dict(self._synth._read_stats())
-
-    def __repr__(self) -> str:
-        return "SynthStats(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
 
 
 def merge_options(options: SynthOptions | None, more: dict) -> SynthOptions:

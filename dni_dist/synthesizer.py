@@ -18,8 +18,6 @@ References:
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
@@ -27,11 +25,9 @@ from . import targets as tg
 from .optim import adam
 from .seed_api import SeedAPI
 from .state_form import check_form, infer_form
-from .synth_options import (NONFINITE_PREDICTIONS, NONFINITE_TARGETS, OPTION_NAMES, SKIPPED_UPDATES, UPDATES,
-                            SynthOptions, SynthStats, check_everyday, merge_options)
+from .synth_options import OPTION_NAMES, SynthOptions, check_everyday, merge_options
+from .synth_stats import NONFINITE_PREDICTIONS, NONFINITE_TARGETS, SKIPPED_UPDATES, UPDATES, SynthStats
 from .targets import State
-
-
 
 
 class Synthesizer(SeedAPI, nn.Module):
@@ -393,30 +389,3 @@ class Synthesizer(SeedAPI, nn.Module):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._counts[UPDATES] += ok
-
-    # ------------------------------------------------------------------ statistics (read when asked)
-    def _read_stats(self) -> dict:
-        """One read of every device statistic; warns about non-finite events since the last read."""
-        with torch.no_grad():
-            pd, pp, dd = (v.double() for v in self.fit.unbind())
-            skill = torch.where(dd > 0, (2 * pd - pp) / dd, 0.0)
-            corr = torch.where((pp > 0) & (dd > 0), pd / (pp * dd).sqrt(), 0.0)
-            gate = torch.as_tensor(self._scale(), dtype=torch.float64, device=self.fit.device)
-            gate = gate / self.factor if self.factor else torch.zeros_like(gate)
-            values = torch.cat([self._counts.double(), self._last.double(), torch.stack([skill, gate, corr])]).tolist()
-        counts = [int(v) for v in values[:4]]
-        self._warn(counts)
-        return {"updates": counts[UPDATES], "targets": self._host["targets"] - counts[NONFINITE_TARGETS],
-                "zero_targets": self._host["zero_targets"], "dropped_ends": self._host["dropped_ends"],
-                "nonfinite_predictions": counts[NONFINITE_PREDICTIONS], "nonfinite_targets": counts[NONFINITE_TARGETS],
-                "skipped_updates": counts[SKIPPED_UPDATES], "last_loss": values[4], "last_target_energy": values[5],
-                "skill": values[6], "gate": values[7], "correlation": values[8]}
-
-    def _warn(self, counts: list[int]) -> None:
-        for i, what in ((NONFINITE_PREDICTIONS, "predicted NaN/Inf {} time(s); it injected zeros instead"),
-                        (NONFINITE_TARGETS, "was given {} NaN/Inf target(s) or boundary state(s); they were dropped"),
-                        (SKIPPED_UPDATES, "had a NaN/Inf gradient {} time(s); those updates were skipped")):
-            if counts[i] > self._reported[i]:
-                warnings.warn("dni_dist: the synthesizer " + what.format(counts[i] - self._reported[i]) +
-                              " (since the last read of synth.stats)", RuntimeWarning, stacklevel=3)
-                self._reported[i] = counts[i]

@@ -26,29 +26,8 @@ import torch
 
 from . import targets as tg
 from .files import save_torch
-from .config import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_config(cfg) -> None:
-    """The trainer options' own checks (called by ``Config.__post_init__``)."""
-    if cfg.grad_accum < 1:
-        raise ConfigError(f"grad_accum={cfg.grad_accum!r}: expected an int >= 1 (1 = a step every tick)",
-                          "grad_accum")
-    if cfg.warmup_steps < 0:
-        raise ConfigError(f"warmup_steps={cfg.warmup_steps!r}: expected an int >= 0", "warmup_steps")
-    if cfg.early_stop < 0:
-        raise ConfigError(f"early_stop={cfg.early_stop!r}: expected an int >= 0 (0 = off)", "early_stop")
-    if cfg.precision == "fp16":
-        raise ConfigError("precision='fp16' is not supported: fp16 needs a gradient scaler (loss scaling), which "
-                          "dni_dist does not implement for synthetic gradients; use --precision bf16", "precision")
-    if cfg.early_stop and not cfg.keep_best:
-        raise ConfigError("early_stop needs keep_best: the metric whose improvement it waits for "
-                          "(e.g. --keep-best valid_bpc)", "early_stop", "keep_best")
-    if cfg.keep_best and not (cfg.best_path or cfg.save):
-        raise ConfigError("keep_best needs a place to write the best model: --save PATH (it writes PATH's "
-                          "'.best' sibling) or --best-path PATH", "keep_best", "best_path")
 
 
 def cosine(step: int, total: int, warmup: int) -> float:
@@ -59,14 +38,11 @@ def cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
-def optimizer_steps(cfg, spec, worker) -> int:
+def optimizer_steps(cfg, spec) -> int:
     """How many optimizer steps the run takes: ticks where some worker runs a chunk (the whole run
     is one schedule), divided by ``grad_accum`` (chunks skipped for a non-finite loss aside)."""
-    from .engine.loop import schedule_for
-    from .runners.common import stream_groups
-    synth = worker.synth
-    s = schedule_for(cfg, 0, stream_groups(cfg, spec), synth.lookahead if synth else 1,
-                     synth.train_every if synth else 1)
+    from .run_plan import schedule_for
+    s = schedule_for(cfg, spec, 0)
     busy = sum(1 for t in range(s.ticks) if any(s.action(w, t) is not None for w in range(s.workers)))
     return busy // cfg.grad_accum
 
@@ -84,7 +60,7 @@ class Trainer:
         self.sched = None
         factor = getattr(spec, "lr_schedule", None)
         if factor is None and cfg.lr_schedule == "cosine":
-            total = optimizer_steps(cfg, spec, worker)
+            total = optimizer_steps(cfg, spec)
             factor = lambda s, n=total, w=cfg.warmup_steps: cosine(s, n, w)  # noqa: E731
         if factor is not None:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)

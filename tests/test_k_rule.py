@@ -112,10 +112,11 @@ def test_the_synthesizer_steps_on_the_mean_over_the_chunks_that_trained_it(monke
     """The synthesizer's part of the summed buffer is divided by how many chunks regressed it
     (the count travels in the buffer); its evidence is handed over summed (finish_update divides
     by the number of boundaries itself)."""
-    from dni_dist.engine.worker import EVIDENCE, Worker
+    from dni_dist.engine.grad_buffer import EVIDENCE
+    from dni_dist.engine.worker import Worker
     cfg = Config(workers=2, steps=1, chunks=CHUNKS, truncation=T, progress=False)
     w = Worker(SPEC, cfg, 0)
-    n = w._n_synth
+    n = w.grads.n_synth
     seen = {}
     monkeypatch.setattr(w.synth, "finish_update",
                         lambda ev: seen.update(grad=torch.cat([p.grad.reshape(-1) for p in w.sparams]).clone(),

@@ -1,5 +1,9 @@
-"""The pipelined decoupled engine: a schedule (data), a worker (one replica's chunks), no transport code."""
-from .schedule import Action, Schedule
-from .worker import Worker
+"""The pipelined decoupled engine: a schedule (data), a worker (one replica's chunks), no transport code.
 
-__all__ = ["Action", "Schedule", "Worker"]
+Only the schedule is gathered here: it imports nothing of dni_dist, so a check on a configuration
+(``chunks divisible by workers``) can ask it without importing the worker. The worker is
+``dni_dist.engine.worker.Worker``.
+"""
+from .schedule import Action, Schedule
+
+__all__ = ["Action", "Schedule"]

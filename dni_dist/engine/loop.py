@@ -56,16 +56,6 @@ def step_rule(workers: int, parallel: str = "pipeline") -> str:
             "fills and drains); the synthesizer's too")
 
 
-def schedule_for(cfg, first_batch: int, stream_groups: int, lookahead: int = 1, train_every: int = 1) -> Schedule:
-    """The whole run from ``first_batch`` to ``cfg.steps`` as one schedule. Checkpoints do not cut
-    it: the pipeline never drains before the end, so a run that checkpoints computes what a run
-    that does not computes (a checkpoint holds what is in flight instead; issue 30, goal 2)."""
-    workers = 1 if cfg.parallel == "data" else cfg.workers
-    return Schedule(cfg.chunks, workers, cfg.steps - first_batch, first_batch=first_batch,
-                    stream_groups=stream_groups, deltas=cfg.mode == "dni", lookahead=lookahead,
-                    train_every=train_every)
-
-
 @dataclass
 class Ready:
     """An all-reduce already finished: its sum (finished early at a checkpoint, or restored from one)."""

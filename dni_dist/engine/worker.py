@@ -7,9 +7,8 @@ sends what it returns, and reduces its gradient buffer with the other workers'. 
 ``grad_buffer`` -> all-reduce -> ``apply`` (or, with ``sync="exact"``, the buffer's two parts
 reduced and applied apart: ``model_grads``/``apply_model`` and ``synth_grads``/``apply_synth``).
 
-The buffer, one per tick: ``[model grads | loss, chunks run, chunks skipped | synthesizer grads |
-chunks that trained it | evidence]``; the model's step needs only the first two parts, the
-synthesizer's only the last three. What a checkpoint saves and restores is :mod:`.worker_state`.
+The gradient buffer the all-reduce sums, and the K rule's division of a sum, are
+:mod:`.grad_buffer`; what a checkpoint saves and restores is :mod:`.worker_state`.
 
 The K rule (what an optimizer step sees at any K; docs/tuning.md, "Workers"): every optimizer
 step, the model's and the synthesizer's, sees the MEAN over the chunks the tick trained of each
@@ -29,17 +28,16 @@ from .. import targets as tg
 from ..chunk import ChunkGraph, chunk_backward, chunk_forward, chunk_target
 from ..config import Config
 from ..optim import adam
+from ..run_plan import synth_kwargs
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from ..trainer import Trainer
+from .grad_buffer import GradBuffer
 from .schedule import Action, Schedule
 from .worker_state import Send, WorkerState
 from .worker_state import Waiting as _Waiting
 
-EVIDENCE = 5  # the synthesizer's evidence (Synthesizer.accumulate), at the end of the buffer
-SCALARS = 3  # loss sum, chunks run, chunks skipped: right after the model's gradients
 DIVERGENCE_CHECK_EVERY = 16  # ticks between two reads of the divergence window (the window if shorter)
-TRAINED = 1  # chunks that regressed the synthesizer this tick: between its gradients and the evidence
 
 
 class DivergenceError(RuntimeError):
@@ -66,22 +64,11 @@ class Worker(WorkerState):
         self.opt = spec.optimizer(self.params) if spec.optimizer else adam(self.params, cfg.lr)
         self._batch_cache: dict[int, tuple] = {}
         self.like = self._probe_state()
-        self.synth = None
-        if self.dni:
-            opts = {"lr": cfg.synth_lr, "factor": cfg.factor, "discount": cfg.discount, **spec.synthesizer,
-                    **cfg.synth_options}
-            self.synth = Synthesizer.for_state(self.like, **opts)
+        opts = synth_kwargs(cfg, spec)  # resolved above the worker: the runner's schedule is built from them too
+        self.synth = Synthesizer.for_state(self.like, **opts) if opts is not None else None
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
-        # Gradients accumulate straight into one flat buffer per tick (params' .grad are views of
-        # it), which is what the all-reduce sums in place: no copy in, no copy out. Two buffers
-        # alternate, so that with sync="overlap" the one in flight is never written.
-        self._n_model = sum(p.numel() for p in self.params)
-        self._split = self._n_model + SCALARS  # where the synthesizer's part of the buffer starts
-        self._n_synth = sum(p.numel() for p in self.sparams)
-        size = self._split + self._n_synth + TRAINED + EVIDENCE
         dtype = self.params[0].dtype if self.params else torch.float32
-        self._bufs = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(2)]
-        self._cur = 0
+        self.grads = GradBuffer(self.params, self.sparams, dtype, self.device)  # what the all-reduce sums
         self.schedule: Schedule | None = None
         self._graph: ChunkGraph | None = None
         self._action: Action | None = None
@@ -183,24 +170,9 @@ class Worker(WorkerState):
     # ---------------------------------------------------------------- one tick
     def idle(self) -> None:
         """Clear this tick's gradients and targets (also the start of every tick)."""
-        buf = self._bufs[self._cur]
-        buf.zero_()
-        self._bind(buf)
+        self.grads.start_tick()
         self._loss, self._ran, self._skipped, self._targets = 0.0, 0, 0, []
         self._rerun = None
-
-    def _bind(self, flat: torch.Tensor) -> None:
-        """Make every parameter's .grad a view of ``flat`` (model first, then synthesizer)."""
-        self._bind_part(self.params, flat[:self._n_model])
-        self._bind_part(self.sparams, flat[self._split:])
-
-    @staticmethod
-    def _bind_part(params: list, flat: torch.Tensor) -> None:
-        offset = 0
-        for p in params:
-            k = p.numel()
-            p.grad = flat[offset:offset + k].view_as(p)
-            offset += k
 
     def forward(self, a: Action | None, poison: bool = False) -> list[Send]:
         """Run the chunk's forward pass; returns the states to send on at once."""
@@ -260,7 +232,7 @@ class Worker(WorkerState):
         # A non-finite loss: its gradients are left out of this worker's buffer (as if it never ran;
         # the buffer holds this chunk alone before the sum), and its NaN target is masked out by the
         # synthesizer. Decided on the device: nothing is read.
-        self._bufs[self._cur][:self._n_model].masked_fill_(res.skipped, 0.0)
+        self.grads.drop_model(res.skipped)
         self._loss = torch.where(res.skipped, 0.0, res.loss)
         self._ran, self._skipped = ~res.skipped, res.skipped
         if res.delta is not None:
@@ -280,26 +252,13 @@ class Worker(WorkerState):
         """The model's part of this tick's buffer (its gradients and the tick's scalars), final once
         :meth:`backward` ran: with ``sync="exact"`` its all-reduce starts here and runs while the
         synthesizer's regression (:meth:`synth_grads`) is computed."""
-        buf = self._bufs[self._cur]
-        if torch.is_tensor(self._loss):
-            buf[self._n_model:self._split] = torch.stack([self._loss, self._ran.to(self._loss.dtype),
-                                                          self._skipped.to(self._loss.dtype)]).to(buf.dtype)
-        else:  # an idle tick
-            buf[self._n_model:self._split] = 0.0
-        return buf[:self._split]
+        return self.grads.model_part(self._loss, self._ran, self._skipped)
 
     def synth_grads(self) -> torch.Tensor:
         """The synthesizer's part of this tick's buffer: its regression gradients and evidence.
         Hands the buffer out: the next tick writes the other one."""
         bounds, targets = self._regression_targets()
-        buf = self._bufs[self._cur]
-        if bounds:
-            buf[-EVIDENCE:] = self.synth.accumulate(bounds, targets).to(buf.dtype)
-        else:
-            buf[-EVIDENCE:].zero_()
-        buf[-EVIDENCE - TRAINED] = 1.0 if bounds else 0.0
-        self._cur ^= 1
-        return buf[self._split:]
+        return self.grads.synth_part(self.synth.accumulate(bounds, targets) if bounds else None)
 
     def _regression_targets(self) -> tuple[list, list]:
         """The (cut, target) pairs regressed on this tick. One-step: the cut at this chunk's
@@ -364,24 +323,19 @@ class Worker(WorkerState):
         """This tick's whole buffer, to be summed over workers and passed to :meth:`apply`."""
         self.model_grads()
         self.synth_grads()
-        return self._bufs[self._cur ^ 1]
+        return self.grads.handed_out()
 
     def apply(self, total: torch.Tensor) -> None:
         """Take the summed buffer: step the model and the synthesizer identically on every worker."""
-        self.apply_model(total[:self._split])
-        self.apply_synth(total[self._split:])
+        self.apply_model(total[:self.grads.split])
+        self.apply_synth(total[self.grads.split:])
 
     def apply_model(self, total: torch.Tensor) -> None:
         """Step the model on its summed part of the buffer (gradients and scalars)."""
-        grads = total[:self._n_model]
-        # the K rule: the mean over the chunks that ran (data-parallel replicas: as DDP); a tensor
-        # op, no host read, and a division by 1 changes no bit
-        grads.div_(total[-SCALARS + 1].clamp(min=1))
-        loss, ran, skipped = total[-SCALARS:].unbind()
+        grads, loss, ran, skipped = self.grads.model_step(total)  # the K rule: the mean over the chunks that ran
         step = (ran > 0) & _finite(grads)
         skipped = torch.where(step, skipped, skipped + ran)  # a finite loss with a non-finite gradient: no step
         ran = torch.where(step, ran, 0.0)
-        self._bind_part(self.params, grads)
         self.trainer.step(grads, step)  # clip, step, schedule; every grad_accum ticks (dni_dist.trainer)
         self._loss_queue.append(torch.stack([loss, ran, step.to(loss.dtype)]))
         self._skipped_dev += skipped
@@ -393,11 +347,9 @@ class Worker(WorkerState):
         tick's sum between this tick's forward and backward) accumulates in the right place."""
         if self.synth is None:
             return
-        # the K rule: the mean over the chunks that regressed it (a division by 1 changes no bit)
-        total[:self._n_synth].div_(total[self._n_synth].clamp(min=1))
-        self._bind_part(self.sparams, total)
-        self.synth.finish_update(total[-EVIDENCE:])  # on the device: no copy to the host
-        self._bind_part(self.sparams, self._bufs[self._cur][self._split:])
+        evidence = self.grads.synth_step(total)  # the K rule: the mean over the chunks that regressed it
+        self.synth.finish_update(evidence)  # on the device: no copy to the host
+        self.grads.rebind_synth()
 
     def _check_divergence(self, ran: torch.Tensor, skipped: torch.Tensor) -> None:
         """Raise when more than the threshold of the chunks in the window were skipped. Read once

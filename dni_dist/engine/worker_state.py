@@ -7,7 +7,7 @@ state carried to its next chunk, the streams it continues, the cuts waiting for 
 the messages it sent that tick, its counters and its RNG. Everything is tensors and plain types,
 so a checkpoint loads with ``torch.load(weights_only=True)``.
 
-:class:`dni_dist.engine.Worker` mixes this in; the attributes it reads are the worker's.
+:class:`dni_dist.engine.worker.Worker` mixes this in; the attributes it reads are the worker's.
 """
 from __future__ import annotations
 

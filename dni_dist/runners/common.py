@@ -154,12 +154,6 @@ def write_metrics(path: str, m: dict) -> None:
         write_json(path, m, "--metrics-json")
 
 
-def stream_groups(cfg: Config, spec) -> int:
-    """The spec's stream groups unless the config sets them. (With parallel='data' each replica
-    holds its own rows' streams: a checkpoint saves every rank's, :meth:`Worker.inflight_state`.)"""
-    return spec.stream_groups if cfg.stream_groups < 0 else cfg.stream_groups
-
-
 def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Reporter | None", gather=None,
                stop=None):
     """The generator one worker runs from batch ``start`` (or from the tick a mid-run checkpoint
@@ -170,14 +164,14 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
     gets the list by rank, the others None (a collective under torch.distributed; in debug mode
     rank 0 reads the other workers, which wait at the same tick's end). ``stop``: early stopping
     (:mod:`.early_stop`); once it stopped, ``stop.end`` is where the run ended."""
-    from ..engine.loop import Timers, run_schedule, schedule_for, step_rule
+    from ..engine.loop import Timers, run_schedule, step_rule
+    from ..run_plan import schedule_for
     from ..testing.faults import Faults
     faults = Faults.from_config(cfg)
     if reporter is not None and cfg.progress:
         print(f"[{reporter.label}] {step_rule(cfg.workers, cfg.parallel)}", file=sys.stderr, flush=True)
     worker.timers = Timers()
     gather = gather or (lambda mine: [mine])
-    synth = worker.synth
     at = worker.resumed_at
     first = at["first_batch"] if at else start
     if first >= cfg.steps:  # resumed from the run's last checkpoint: nothing left to run
@@ -186,8 +180,7 @@ def worker_run(cfg: Config, spec, worker, transport, start: int, reporter: "Repo
         raise ValueError(f"--resume: the checkpoint was taken with batches up to {at['started'] - 1} in flight "
                          f"(started, partly trained), past --steps {cfg.steps}: resume with --steps >= "
                          f"{at['started']}")
-    sched = schedule_for(cfg, first, stream_groups(cfg, spec), synth.lookahead if synth else 1,
-                         synth.train_every if synth else 1)
+    sched = schedule_for(cfg, spec, first)  # from the synthesizer's options, resolved once (run_plan)
     on_tick = None if reporter is None else (lambda t: reporter.update(sched.first_batch + sched.done_by(t)))
 
     def on_checkpoint(tick: int, pending) -> None:
