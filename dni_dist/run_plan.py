@@ -1,5 +1,7 @@
 """What a run is, resolved once from its configuration and its spec, above the worker.
 
+:func:`worker_settings` is all a worker is told of the configuration (the engine never reads it).
+
 The Synthesizer's keyword set (:func:`synth_kwargs`) is what a worker builds its synthesizer from
 and what the run's schedule is built from (:func:`schedule_for`): the runner asks these options,
 never a built Synthesizer, which options it was given. Nothing here imports a worker, a trainer or
@@ -10,6 +12,7 @@ from __future__ import annotations
 import inspect
 
 from .engine.schedule import Schedule
+from .engine.settings import WorkerSettings
 from .synth_options import merge_options
 from .synthesizer import Synthesizer
 
@@ -48,3 +51,21 @@ def schedule_for(cfg, spec, first_batch: int) -> Schedule:
     return Schedule(cfg.chunks, workers, cfg.steps - first_batch, first_batch=first_batch,
                     stream_groups=stream_groups(cfg, spec), deltas=cfg.mode == "dni", lookahead=lookahead,
                     train_every=train_every)
+
+
+def optimizer_steps(cfg, spec) -> int:
+    """How many optimizer steps the run takes: ticks where some worker runs a chunk (the whole run
+    is one schedule), divided by ``grad_accum`` (chunks skipped for a non-finite loss aside)."""
+    s = schedule_for(cfg, spec, 0)
+    busy = sum(1 for t in range(s.ticks) if any(s.action(w, t) is not None for w in range(s.workers)))
+    return busy // cfg.grad_accum
+
+
+def worker_settings(cfg, spec) -> WorkerSettings:
+    """What each worker of this run is told (the spec's own ``lr_schedule`` wins over --lr-schedule)."""
+    cosine = cfg.lr_schedule == "cosine" and getattr(spec, "lr_schedule", None) is None
+    return WorkerSettings(truncation=cfg.truncation, length=cfg.length, mode=cfg.mode, synth=synth_kwargs(cfg, spec),
+                          seed=cfg.seed, lr=cfg.lr, device=cfg.device, divergence_window=cfg.divergence_window,
+                          divergence_threshold=cfg.divergence_threshold, precision=cfg.precision,
+                          grad_accum=cfg.grad_accum, clip=cfg.clip,
+                          cosine_steps=optimizer_steps(cfg, spec) if cosine else None, warmup_steps=cfg.warmup_steps)

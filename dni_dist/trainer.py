@@ -30,6 +30,7 @@ from .files import save_torch
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+
 def cosine(step: int, total: int, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps (0 at step 0), then a cosine from 1 to 0 at ``total``."""
     if step < warmup:
@@ -38,30 +39,20 @@ def cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
-def optimizer_steps(cfg, spec) -> int:
-    """How many optimizer steps the run takes: ticks where some worker runs a chunk (the whole run
-    is one schedule), divided by ``grad_accum`` (chunks skipped for a non-finite loss aside)."""
-    from .run_plan import schedule_for
-    s = schedule_for(cfg, spec, 0)
-    busy = sum(1 for t in range(s.ticks) if any(s.action(w, t) is not None for w in range(s.workers)))
-    return busy // cfg.grad_accum
-
-
 class Trainer:
     """A worker's optimizer step: gradient accumulation, clipping, the step, the schedule; and
     the autocast around its forward. Every replica holds one and takes the same decisions."""
 
-    def __init__(self, cfg, spec, worker):
-        self.cfg, self.params, self.opt = cfg, worker.params, worker.opt
-        self.dtype = PRECISIONS[cfg.precision]
+    def __init__(self, settings, spec, worker):
+        self.settings, self.params, self.opt = settings, worker.params, worker.opt
+        self.dtype = PRECISIONS[settings.precision]
         self.like = worker.like
         self.accum = None  # the sum of the gradients of the steps accumulated so far
         self.count = 0
         self.sched = None
         factor = getattr(spec, "lr_schedule", None)
-        if factor is None and cfg.lr_schedule == "cosine":
-            total = optimizer_steps(cfg, spec)
-            factor = lambda s, n=total, w=cfg.warmup_steps: cosine(s, n, w)  # noqa: E731
+        if factor is None and settings.cosine_steps is not None:
+            factor = lambda s, n=settings.cosine_steps, w=settings.warmup_steps: cosine(s, n, w)  # noqa: E731
         if factor is not None:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
 
@@ -97,7 +88,7 @@ class Trainer:
         the host: the fused step skips itself on the device when ``ok`` is false (``found_inf``,
         as GradScaler does). Accumulation, a schedule or another optimizer must know whether the
         tick counts: one read a tick."""
-        m = self.cfg.grad_accum
+        m = self.settings.grad_accum
         if m == 1 and self.sched is None and getattr(self.opt, "defaults", {}).get("fused"):
             self._clip()
             self.opt.found_inf = (~ok).float()
@@ -121,14 +112,14 @@ class Trainer:
             self.sched.step()
 
     def _clip(self) -> None:
-        if self.cfg.clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
+        if self.settings.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.settings.clip)
 
     def state_dict(self) -> dict:
         out = {}
         if self.sched is not None:
             out["lr_sched"] = self.sched.state_dict()
-        if self.cfg.grad_accum > 1:
+        if self.settings.grad_accum > 1:
             out["accum"] = {"count": self.count, "sum": self.accum if self.accum is not None else torch.zeros(0)}
         return out
 

@@ -114,8 +114,9 @@ def test_the_synthesizer_steps_on_the_mean_over_the_chunks_that_trained_it(monke
     by the number of boundaries itself)."""
     from dni_dist.engine.grad_buffer import EVIDENCE
     from dni_dist.engine.worker import Worker
+    from dni_dist.run_plan import worker_settings
     cfg = Config(workers=2, steps=1, chunks=CHUNKS, truncation=T, progress=False)
-    w = Worker(SPEC, cfg, 0)
+    w = Worker(SPEC, worker_settings(cfg, SPEC), 0)
     n = w.grads.n_synth
     seen = {}
     monkeypatch.setattr(w.synth, "finish_update",

@@ -1,7 +1,7 @@
 """A worker: one replica of the user's model that runs its chunks of the schedule.
 
-It never calls torch.distributed or Ray, and knows no task or model class: everything comes from
-a :class:`dni_dist.Spec`. The tick loop (:mod:`dni_dist.engine.loop`) feeds it what arrived,
+It never calls torch.distributed or Ray, and knows no task, model class or configuration: the
+model and data come from a :class:`dni_dist.Spec`, the rest from its :class:`.settings.WorkerSettings`. The tick loop (:mod:`dni_dist.engine.loop`) feeds it what arrived,
 sends what it returns, and reduces its gradient buffer with the other workers'. Per tick:
 ``receive`` (what arrived), ``forward`` (returns the states to send on), ``backward``,
 ``grad_buffer`` -> all-reduce -> ``apply`` (or, with ``sync="exact"``, the buffer's two parts
@@ -26,14 +26,13 @@ import torch
 
 from .. import targets as tg
 from ..chunk import ChunkGraph, chunk_backward, chunk_forward, chunk_target
-from ..config import Config
 from ..optim import adam
-from ..run_plan import synth_kwargs
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from ..trainer import Trainer
 from .grad_buffer import GradBuffer
 from .schedule import Action, Schedule
+from .settings import WorkerSettings
 from .worker_state import Send, WorkerState
 from .worker_state import Waiting as _Waiting
 
@@ -53,18 +52,18 @@ class Worker(WorkerState):
     """One replica. ``position`` is its place in the pipeline (0 for a data-parallel replica,
     whose ``rows`` select its share of every batch)."""
 
-    def __init__(self, spec: Spec, cfg: Config, position: int, share: tuple[int, int] = (0, 1)):
-        self.spec, self.cfg, self.position, self.share = spec, cfg, position, share
+    def __init__(self, spec: Spec, settings: WorkerSettings, position: int, share: tuple[int, int] = (0, 1)):
+        self.spec, self.settings, self.position, self.share = spec, settings, position, share
         self.batch_size = 0  # sequences per batch (all replicas together), known from the first batch
-        self.device = torch.device(cfg.device)
-        self.dni = cfg.mode == "dni"
-        torch.manual_seed(cfg.seed)
+        self.device = torch.device(settings.device)
+        self.dni = settings.mode == "dni"
+        torch.manual_seed(settings.seed)
         self.model = spec.model().to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = spec.optimizer(self.params) if spec.optimizer else adam(self.params, cfg.lr)
+        self.opt = spec.optimizer(self.params) if spec.optimizer else adam(self.params, settings.lr)
         self._batch_cache: dict[int, tuple] = {}
         self.like = self._probe_state()
-        opts = synth_kwargs(cfg, spec)  # resolved above the worker: the runner's schedule is built from them too
+        opts = settings.synth  # resolved above the worker (run_plan): the runner's schedule is built from them too
         self.synth = Synthesizer.for_state(self.like, **opts) if opts is not None else None
         self.sparams = list(self.synth.parameters()) if self.synth is not None else []
         dtype = self.params[0].dtype if self.params else torch.float32
@@ -93,8 +92,8 @@ class Worker(WorkerState):
         self.n_targets = 0             # boundary targets this worker regressed on,
         self.n_jtg_passes = 0          # and those that took the discounted target's J^T g pass (work done)
         self.timers = None             # engine.loop.Timers: seconds per tick phase (set by the runner)
-        self._recent = collections.deque(maxlen=cfg.divergence_window)  # [chunks run, skipped] per tick (device)
-        self.trainer = Trainer(cfg, spec, self)  # lr schedule, precision, grad accumulation (dni_dist.trainer)
+        self._recent = collections.deque(maxlen=settings.divergence_window)  # [chunks run, skipped] per tick (device)
+        self.trainer = Trainer(settings, spec, self)  # lr schedule, precision, grad accumulation (dni_dist.trainer)
         self._model_fn, self._loss_fn = self.trainer.forward_fns(self.model, spec.loss)
 
     @property
@@ -154,7 +153,7 @@ class Worker(WorkerState):
     def _chunk_data(self, batch: int, chunk: int):
         if batch not in self._batch_cache:
             self._batch_cache = {k: v for k, v in self._batch_cache.items() if k >= batch - 1}
-            x, y, m = split_batch(self.spec, batch, self.cfg.length)
+            x, y, m = split_batch(self.spec, batch, self.settings.length)
             self.batch_size = x.shape[0]
             index, count = self.share
             if x.shape[0] % count:
@@ -164,7 +163,7 @@ class Worker(WorkerState):
             rows = slice(index * per, (index + 1) * per)
             self._batch_cache[batch] = tuple(None if t is None else t[rows].to(self.device) for t in (x, y, m))
         x, y, m = self._batch_cache[batch]
-        sl = slice(chunk * self.cfg.truncation, (chunk + 1) * self.cfg.truncation)
+        sl = slice(chunk * self.settings.truncation, (chunk + 1) * self.settings.truncation)
         return x[:, sl], y[:, sl], None if m is None else m[:, sl]
 
     # ---------------------------------------------------------------- one tick
@@ -360,8 +359,8 @@ class Worker(WorkerState):
             return
         ran_sum, bad = (int(v) for v in torch.stack(list(self._recent)).sum(0).tolist())
         total = ran_sum + bad
-        if total and bad / total > self.cfg.divergence_threshold:
+        if total and bad / total > self.settings.divergence_threshold:
             raise DivergenceError(
                 f"training diverged at batch {self._batch_seen}: {bad} of the last {total} chunks had a non-finite "
-                f"loss or gradient (more than {self.cfg.divergence_threshold:.0%}); lower --lr, set --clip, or "
+                f"loss or gradient (more than {self.settings.divergence_threshold:.0%}); lower --lr, set --clip, or "
                 "check the data")

@@ -12,6 +12,7 @@ import torch
 
 from ..config import Config
 from ..engine.worker import Worker
+from ..run_plan import worker_settings
 from ..transport.factory import local_transports
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 from .early_stop import EarlyStop, local_agree
@@ -22,7 +23,8 @@ def run(cfg: Config, spec):
     torch.set_num_threads(1)
     prepare_paths(cfg)
     t_build = time.perf_counter()
-    workers = [Worker(spec, cfg, k) for k in range(cfg.workers)]  # identical replicas (same seed)
+    settings = worker_settings(cfg, spec)
+    workers = [Worker(spec, settings, k) for k in range(cfg.workers)]  # identical replicas (same seed)
     start = 0
     for w in workers:
         start = resume_point(cfg, spec.name, w)

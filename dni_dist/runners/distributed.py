@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..engine.worker import Worker
+from ..run_plan import worker_settings
 from ..transport.factory import process_transport
 from .common import Reporter, finish, prepare_paths, resume_point, worker_run
 from .early_stop import EarlyStop, broadcast_agree
@@ -28,7 +29,7 @@ def run_rank(cfg: Config, spec, rank: int, world: int):
     t_build = time.perf_counter()
     transport = process_transport(cfg.timeout_s, cfg.device, cfg.reduce)
     data = cfg.parallel == "data"
-    worker = Worker(spec, cfg, 0 if data else rank, share=(rank, world) if data else (0, 1))
+    worker = Worker(spec, worker_settings(cfg, spec), 0 if data else rank, share=(rank, world) if data else (0, 1))
     start = resume_point(cfg, spec.name, worker)
     reporter = Reporter(cfg, spec, worker, start) if rank == 0 else None
     stop = EarlyStop(cfg, spec, reporter, broadcast_agree(worker.device, cfg.timeout_s))  # rank 0's word to all
