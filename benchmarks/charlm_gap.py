@@ -183,6 +183,10 @@ def table(rows: list[dict], arms=None) -> tuple[str, dict]:
             else:
                 shares.append("-")
         lines.append(f"| {corpus} | {seed} | " + " | ".join(cells) + " | " + " | ".join(shares) + " |")
+    gaps = [v["tbptt"] - v["tbptt2"] for v in by.values() if "tbptt" in v and "tbptt2" in v]
+    if gaps:  # the gap there is to close, whether or not a DNI arm ran
+        lines.append(f"\nmean gap (tbptt - tbptt2) over {len(gaps)} runs: {statistics.fmean(gaps):+.4f} bits/char "
+                     f"(min {min(gaps):+.4f}, max {max(gaps):+.4f}); a share is defined only when it is >= 0.01")
     lines.append("")
     lines.append("| arm | runs | mean (arm - tbptt) | worst (arm - tbptt) | mean gap (tbptt - tbptt2) | "
                  "share of mean gap | mean of per-run shares | runs > tbptt + 0.01 |")
