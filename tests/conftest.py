@@ -37,6 +37,38 @@ def run_debug(cfg, spec=None):
     return debug.run(cfg, spec or resolve_spec(cfg))[1]
 
 
+def seed_api_losses(cfg, synth_kw=None):
+    """The reference for a K=1 engine run: the README's three lines over ``cfg``'s spec, one optimizer
+    step per chunk (the engine's Adam), DNI with ``Synthesizer(**synth_kw)`` or TBPTT when None.
+    Returns every chunk's loss, the model and the synthesizer (None in TBPTT)."""
+    from dni_dist import targets as tg
+    from dni_dist.optim import adam
+    spec = resolve_spec(cfg)
+    torch.manual_seed(cfg.seed)
+    model = spec.model()
+    opt = adam(model.parameters(), cfg.lr)  # the engine's (fused and foreach Adam round apart on AVX-512)
+    synth = Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, **synth_kw) if synth_kw is not None else None
+    losses = []
+    for b in range(cfg.steps):
+        x, y, m = spec.batch(b)
+        state = None
+        for c in range(cfg.chunks):
+            sl = slice(c * cfg.truncation, (c + 1) * cfg.truncation)
+            out, state = model(x[:, sl], state)
+            loss = spec.loss(out, y[:, sl], m[:, sl])
+            if synth is not None:
+                state = synth.backward_synthetic(state, loss, last=c == cfg.chunks - 1, model=model, inputs=x[:, sl])
+            else:
+                state = tg.detach(state)
+            losses.append(float(loss.detach()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if synth is not None:
+            synth.step()
+    return losses, model, synth
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

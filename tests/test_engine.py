@@ -7,16 +7,14 @@ import pytest
 import torch
 
 import dni_dist
-from dni_dist import targets as tg
 from dni_dist.checkpoint import latest
 from dni_dist.config import Config
 from dni_dist.engine.schedule import Schedule
 from dni_dist.fit import resolve_spec
-from dni_dist.optim import adam
 from dni_dist.runners import debug
 
 import user_spec
-from conftest import NOW, SMALL, USER, run_debug, run_spawned, synth_opts  # noqa: F401
+from conftest import NOW, SMALL, USER, run_debug, run_spawned, seed_api_losses, synth_opts  # noqa: F401
 
 
 
@@ -70,29 +68,7 @@ def test_one_worker_equals_the_seed_api_loop(mode, options, tmp_path):
     cfg = Config(mode=mode, workers=1, checkpoint_dir=str(tmp_path), checkpoint_every=SMALL["steps"],
                  **{**SMALL, "synth_options": synth_opts(**options)})
     got = run_debug(cfg)["losses"]
-    spec = resolve_spec(cfg)
-    torch.manual_seed(cfg.seed)
-    model = spec.model()
-    opt = adam(model.parameters(), cfg.lr)  # the engine's (fused and foreach Adam round apart on AVX-512)
-    synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, **NOW, **options) if mode == "dni" else None
-    want = []
-    for b in range(cfg.steps):
-        x, y, m = spec.batch(b)
-        state = None
-        for c in range(cfg.chunks):
-            sl = slice(c * cfg.truncation, (c + 1) * cfg.truncation)
-            out, state = model(x[:, sl], state)
-            loss = spec.loss(out, y[:, sl], m[:, sl])
-            if mode == "dni":  # the README's three lines
-                state = synth.backward_synthetic(state, loss, last=c == cfg.chunks - 1, model=model, inputs=x[:, sl])
-            else:
-                state = tg.detach(state)
-            want.append(float(loss.detach()))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if mode == "dni":
-            synth.step()
+    want, model, synth = seed_api_losses(cfg, {**NOW, **options} if mode == "dni" else None)
     assert got == want  # bitwise
     _, state = latest(str(tmp_path))
     for k, v in model.state_dict().items():

@@ -4,13 +4,11 @@ run equals the seed API's loop with the same schedule."""
 import json
 import shutil
 
-import torch
-
-import dni_dist
 from dni_dist.config import Config
 from dni_dist.fit import resolve_spec
-from dni_dist.optim import adam
 from dni_dist.runners import debug
+
+from conftest import seed_api_losses
 
 OPTS = {"gate_warmup": 0, "gate_check_every": 4}
 SMALL = dict(steps=6, chunks=4, batch=4, hidden=8, progress=False, delay=3, truncation=3, synth_lr=1e-2,
@@ -42,23 +40,5 @@ def test_one_worker_equals_the_seed_api_loop_with_a_read_every_four_chunks():
     cfg = Config(mode="dni", workers=1, **SMALL)
     got = debug.run(cfg, resolve_spec(cfg))[1]
     assert got["synth"]["jtg_passes"] > 0
-    spec = resolve_spec(cfg)
-    torch.manual_seed(cfg.seed)
-    model = spec.model()
-    opt = adam(model.parameters(), cfg.lr)
-    synth = dni_dist.Synthesizer.for_rnn(model.rnn, lr=cfg.synth_lr, **OPTS)
-    want = []
-    for b in range(cfg.steps):
-        x, y, m = spec.batch(b)
-        state = None
-        for c in range(cfg.chunks):
-            sl = slice(c * cfg.truncation, (c + 1) * cfg.truncation)
-            out, state = model(x[:, sl], state)
-            loss = spec.loss(out, y[:, sl], m[:, sl])
-            state = synth.backward_synthetic(state, loss, last=c == cfg.chunks - 1)
-            want.append(float(loss.detach()))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        synth.step()
+    want, _, _ = seed_api_losses(cfg, OPTS)
     assert got["losses"] == want
