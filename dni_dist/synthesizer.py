@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import targets as tg
+from .gate_post import GatePost
 from .optim import adam
 from .seed_api import SeedAPI
 from .state_form import check_form, infer_form
@@ -74,14 +75,16 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("fit", torch.zeros(3))
         if self.gate_warmup:  # updates of evidence so far
             self.register_buffer("fit_count", torch.zeros(()))
-        # the host's gate clock, [ticks so far, open at the last read, warmed up at the last read]: saved with the state
-        # (written at save time from the host, read back once after a load) so a resumed run reads
-        # the gate at the same injections as an uninterrupted one
-        self.register_buffer("gate_clock", torch.zeros(3, dtype=torch.int64))
+        # the host's gate clock, [ticks so far, open, warmed up (the view taken at the last read), the device's
+        # open and warmed up as posted for the next read (-1: nothing posted)]: saved with the state (written at
+        # save time from the host, read back once after a load) so a resumed run reads the gate at the same
+        # ticks, and sees the same values, as an uninterrupted one
+        self.register_buffer("gate_clock", torch.tensor([0, 0, 0, -1, -1], dtype=torch.int64))
         # counters and the last update's loss/energy on the device (not saved; see SynthStats)
         self.register_buffer("_counts", torch.zeros(4, dtype=torch.int64), persistent=False)
         self.register_buffer("_last", torch.full((2,), float("nan")), persistent=False)
-        self._clock: list[int] | None = [0, 0, 0]  # host copy of gate_clock (None: read it first)
+        self._clock: list[int] | None = [0, 0, 0]  # host copy of gate_clock[:3] (None: read it first)
+        self._post = GatePost()  # the device's gate on its way to the host for the next read
         self._host = {"targets": 0, "zero_targets": 0, "dropped_ends": 0}
         self._reported = [0] * 4  # counters already warned about
         self.net: nn.Sequential | None = None
@@ -170,13 +173,16 @@ class Synthesizer(SeedAPI, nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self._clock is not None:  # the host's clock is the truth; the buffer is written when saved
-            self.gate_clock.copy_(torch.tensor(self._clock, dtype=torch.int64))
+            self.gate_clock.copy_(torch.tensor(self._clock + self._post.values(), dtype=torch.int64))
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "gate_clock" not in state_dict and prefix + "fit" in state_dict:
-            # saved before the clock existed: zeros, read at the next injection
-            state_dict[prefix + "gate_clock"] = torch.zeros(3, dtype=torch.int64)
+        key = prefix + "gate_clock"
+        if key not in state_dict and prefix + "fit" in state_dict:
+            # saved before the clock existed: zeros, the gate read at the next tick
+            state_dict[key] = torch.zeros(3, dtype=torch.int64)
+        if key in state_dict and state_dict[key].shape == (3,):  # saved before the post: nothing posted
+            state_dict[key] = torch.cat([state_dict[key].to(torch.int64), torch.full((2,), -1, dtype=torch.int64)])
         self._clock = None  # read from the loaded buffer when first needed (one read after a load)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -226,20 +232,32 @@ class Synthesizer(SeedAPI, nn.Module):
         return bool(self._ready())
 
     def _clock_now(self) -> list[int]:
-        if self._clock is None:
-            self._clock = [int(v) for v in self.gate_clock.tolist()]  # once after a load
+        if self._clock is None:  # once after a load
+            saved = [int(v) for v in self.gate_clock.tolist()]
+            self._clock = saved[:3]
+            self._post = GatePost(saved[3:] if saved[3] >= 0 else None)
         return self._clock
+
+    def _gate_flags(self) -> torch.Tensor:
+        """[open, warmed up] on the device."""
+        return torch.stack([self._scale() > 0, self._warmed()])
 
     def tick(self) -> None:
         """Advance the gate's clock by one chunk: once per ``backward_synthetic`` call (the seed API) or
         per engine tick on every worker, before the chunk's injection. Every ``gate_check_every``
-        ticks (the first included) the host reads the device's gate (whether it is open, and whether
-        its warm-up is over) and holds it until the next read. Counted in ticks, not injections, so
-        that the engine's replicas read at the same ticks, hold the same view, and a checkpoint of
-        one of them resumes them all exactly."""
+        ticks (the first included) the host takes the device's gate (whether it is open, and whether
+        its warm-up is over) as it was posted one tick earlier, and holds it until the next read: the
+        post is a copy that does not wait for the device, and one tick later the copy is done, so
+        the host never stalls for it. Counted in ticks, not injections, so that the engine's
+        replicas read at the same ticks, hold the same view, and a checkpoint of one of them resumes
+        them all exactly."""
         clock = self._clock_now()
-        if self.gate and clock[0] % self.gate_check_every == 0:  # the scheduled read
-            clock[1], clock[2] = (int(v) for v in torch.stack([self._scale() > 0, self._warmed()]).tolist())
+        if self.gate:
+            m = self.gate_check_every
+            if clock[0] % m == 0:  # the scheduled read: what was posted a tick ago (at the first tick: now)
+                clock[1], clock[2] = self._post.take(self._gate_flags)
+            if (clock[0] + 1) % m == 0:
+                self._post.send(self._gate_flags())
         clock[0] += 1
 
     def ticks(self) -> int:
@@ -389,3 +407,4 @@ class Synthesizer(SeedAPI, nn.Module):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._counts[UPDATES] += ok
+
