@@ -166,7 +166,7 @@ class SeedAPI:
                 tars.append(target)
         if not bounds:  # an update on nothing changes nothing
             return
-        self.optimizer.zero_grad(set_to_none=True)
+        self._clear_grads()
         self.finish_update(self.accumulate(bounds, tars))
 
     def _one_step(self, p: _Pending) -> State | None:

@@ -1,7 +1,7 @@
 """The statistics of a :class:`dni_dist.Synthesizer` (``synth.stats``): a view, read from the device
 when read, and the warnings about non-finite events it gives then. An update never reads them:
-they are device counters and running sums the synthesizer writes (its ``_counts``, ``_last`` and
-``fit`` buffers), and host counts of what the seed API saw (its ``_host``).
+they are device counters and running sums the synthesizer writes (its ``_counts`` and ``fit`` buffers,
+the tensors of its last update), and host counts of what the seed API saw (its ``_host``).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def read_stats(synth) -> dict:
         corr = torch.where((pp > 0) & (dd > 0), pd / (pp * dd).sqrt(), 0.0)
         gate = torch.as_tensor(synth._scale(), dtype=torch.float64, device=synth.fit.device)
         gate = gate / synth.factor if synth.factor else torch.zeros_like(gate)
-        values = torch.cat([synth._counts.double(), synth._last.double(), torch.stack([skill, gate, corr])]).tolist()
+        values = torch.cat([synth._counts.double(), _last(synth), torch.stack([skill, gate, corr])]).tolist()
     counts = [int(v) for v in values[:4]]
     _warn(synth, counts)
     return {"updates": counts[UPDATES], "targets": synth._host["targets"] - counts[NONFINITE_TARGETS],
@@ -59,6 +59,15 @@ def read_stats(synth) -> dict:
             "nonfinite_predictions": counts[NONFINITE_PREDICTIONS], "nonfinite_targets": counts[NONFINITE_TARGETS],
             "skipped_updates": counts[SKIPPED_UPDATES], "last_loss": values[4], "last_target_energy": values[5],
             "skill": values[6], "gate": values[7], "correlation": values[8]}
+
+
+def _last(synth) -> torch.Tensor:
+    """[regression loss, target mean square] of the last update, in gradient units (NaN before one)."""
+    if synth._last_update is None:
+        return torch.full((2,), float("nan"), dtype=torch.float64, device=synth.fit.device)
+    loss, unit, sq, n = synth._last_update
+    u = unit if torch.is_tensor(unit) else torch.tensor(unit)
+    return (torch.stack([loss.double() * u.double() ** 2, sq[0].double()]) / n).to(synth.fit.dtype).double()  # as stored before
 
 
 def _warn(synth, counts: list[int]) -> None:

@@ -8,9 +8,10 @@
 
 Everything an update computes stays on the state's device: the gate, the running scale, the
 non-finite guards and the statistics are tensors, so a step on a GPU never waits for the GPU to
-finish (no host-device synchronisation). Two reads remain, both bounded: the gate is read once
-every ``gate_check_every`` injections (to skip the prediction and the ``J^T g`` pass while it is
-shut), and ``synth.stats`` is read when someone asks for it.
+finish (no host-device synchronisation). The host needs one thing back, whether the gate is open
+(to skip the prediction and the ``J^T g`` pass while it is shut): the device posts it a tick
+before the host takes it (``dni_dist/post.py``), so that read does not wait either.
+``synth.stats`` is read when someone asks for it.
 
 References:
     Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients", arXiv 1608.05343.
@@ -22,8 +23,8 @@ import torch
 from torch import nn
 
 from . import targets as tg
-from .gate_post import GatePost
-from .optim import adam
+from .post import Post
+from . import optim
 from .seed_api import SeedAPI
 from .state_form import check_form, infer_form
 from .synth_options import OPTION_NAMES, SynthOptions, check_everyday, merge_options
@@ -82,9 +83,9 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("gate_clock", torch.tensor([0, 0, 0, -1, -1], dtype=torch.int64))
         # counters and the last update's loss/energy on the device (not saved; see SynthStats)
         self.register_buffer("_counts", torch.zeros(4, dtype=torch.int64), persistent=False)
-        self.register_buffer("_last", torch.full((2,), float("nan")), persistent=False)
+        self._last_update: tuple | None = None  # (loss, unit, sum of target mean squares, n) of the last accumulate
         self._clock: list[int] | None = [0, 0, 0]  # host copy of gate_clock[:3] (None: read it first)
-        self._post = GatePost()  # the device's gate on its way to the host for the next read
+        self._post = Post()  # the device's gate on its way to the host for the next read
         self._host = {"targets": 0, "zero_targets": 0, "dropped_ends": 0}
         self._reported = [0] * 4  # counters already warned about
         self.net: nn.Sequential | None = None
@@ -112,8 +113,9 @@ class Synthesizer(SeedAPI, nn.Module):
         self._make_optimizer()
 
     def _make_optimizer(self) -> None:
+        self._params = list(self.net.parameters())  # the same Parameter objects for the net's life (.to() included)
         if self.optimizer_cls is torch.optim.Adam:
-            self.optimizer = adam(self.net.parameters(), self.lr)
+            self.optimizer = optim.adam(self.net.parameters(), self.lr)
         else:
             self.optimizer = self.optimizer_cls(self.net.parameters(), lr=self.lr)
 
@@ -173,7 +175,7 @@ class Synthesizer(SeedAPI, nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self._clock is not None:  # the host's clock is the truth; the buffer is written when saved
-            self.gate_clock.copy_(torch.tensor(self._clock + self._post.values(), dtype=torch.int64))
+            self.gate_clock.copy_(torch.tensor(self._clock + self._post.values(2), dtype=torch.int64))
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -235,7 +237,7 @@ class Synthesizer(SeedAPI, nn.Module):
         if self._clock is None:  # once after a load
             saved = [int(v) for v in self.gate_clock.tolist()]
             self._clock = saved[:3]
-            self._post = GatePost(saved[3:] if saved[3] >= 0 else None)
+            self._post = Post(saved[3:] if saved[3] >= 0 else None)
         return self._clock
 
     def _gate_flags(self) -> torch.Tensor:
@@ -317,13 +319,11 @@ class Synthesizer(SeedAPI, nn.Module):
         ms = self.target_ms.double()
         new = torch.where(ms == 0, msq, self.scale_decay * ms + (1 - self.scale_decay) * msq)
         new = new.to(self.target_ms.dtype).double()  # as the buffer stores it
-        ok = torch.isfinite(msq) & (msq > 0) & torch.isfinite(new) & (new > 0)
+        ok = torch.isfinite(msq.log() + new.log())  # both in (0, inf): log(0) = -inf, log(inf) = inf, log(<0) = NaN
         ratio = torch.where(ok, torch.where(ms > 0, ms.sqrt(), 1.0) / new.sqrt(), 1.0)
         self.target_ms.copy_(torch.where(ok, new, ms))
         out = self.net[-1]
-        ratio = ratio.to(out.weight.dtype)
-        out.weight.mul_(ratio)
-        out.bias.mul_(ratio)
+        torch._foreach_mul_([out.weight, out.bias], ratio.to(out.weight.dtype))
 
     def accumulate(self, boundaries: list, targets: list) -> torch.Tensor:
         """Add the regression gradient of fresh predictions toward ``targets`` to ``.grad``.
@@ -362,11 +362,10 @@ class Synthesizer(SeedAPI, nn.Module):
             n = torch.stack(oks).sum()
             self._counts[NONFINITE_TARGETS] += len(oks) - n
             evidence[0] = n
-            evidence[1:] = torch.stack(rows).sum(0).double()
+            sums = torch.stack(rows).sum(0)
+            evidence[1:] = sums.double()
             loss.backward()
-            with torch.no_grad():
-                u = unit if torch.is_tensor(unit) else torch.tensor(unit)
-                self._last.copy_(torch.stack([loss.detach().double() * u.double() ** 2, evidence[1]]) / n)
+            self._last_update = (loss.detach(), unit, sums, n)  # SynthStats computes from them
         return evidence
 
     def finish_update(self, evidence: torch.Tensor) -> None:
@@ -376,7 +375,7 @@ class Synthesizer(SeedAPI, nn.Module):
         the device: a skipped step, a gate that does not move, are masks, not branches."""
         ev = evidence.to(device=self.fit.device, dtype=torch.float64)
         n, sq, pd, pp, dd = ev.unbind()
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        grads = [p.grad for p in self._params if p.grad is not None]
         if grads:
             has = (n > 0) & self._ready()
             # one check: a sum is NaN/Inf when any element is (or when it overflows: skip then too)
@@ -391,20 +390,20 @@ class Synthesizer(SeedAPI, nn.Module):
             if self.gate_warmup:
                 self.fit_count.add_(ok)
         self.observe_targets(sq / n)  # n == 0: NaN, ignored
-        self.optimizer.zero_grad(set_to_none=True)
+        self._clear_grads()
 
     def apply_update(self, ok=True) -> None:
         """One optimizer step of the synthesizer on its accumulated gradient where ``ok`` (a device
         bool; a fused Adam skips on the device, another optimizer reads ``ok``), then clear it."""
         if self.clip is not None:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.clip)
+            nn.utils.clip_grad_norm_(self._params, self.clip)
         if not torch.is_tensor(ok):
             ok = torch.tensor(bool(ok), device=self.fit.device)
-        if self.optimizer.defaults.get("fused"):
-            self.optimizer.found_inf = (~ok).float()  # what GradScaler uses: skips the step, keeps the counters
-            self.optimizer.step()
-        elif bool(ok):  # an optimizer without found_inf: one read
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optim.step(self.optimizer, ok)
+        self._clear_grads()
         self._counts[UPDATES] += ok
 
+    def _clear_grads(self) -> None:
+        """``optimizer.zero_grad(set_to_none=True)`` without its bookkeeping (the synthesizer's own parameters)."""
+        for p in self._params:
+            p.grad = None

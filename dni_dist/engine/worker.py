@@ -27,6 +27,7 @@ import torch
 from .. import targets as tg
 from ..chunk import ChunkGraph, chunk_backward, chunk_forward, chunk_target
 from ..optim import adam
+from ..post import Post
 from ..spec import Spec, split_batch
 from ..synthesizer import Synthesizer
 from ..trainer import Trainer
@@ -93,6 +94,7 @@ class Worker(WorkerState):
         self.n_jtg_passes = 0          # and those that took the discounted target's J^T g pass (work done)
         self.timers = None             # engine.loop.Timers: seconds per tick phase (set by the runner)
         self._recent = collections.deque(maxlen=settings.divergence_window)  # [chunks run, skipped] per tick (device)
+        self._divergence = Post()  # the window's sums on their way to the host
         self.trainer = Trainer(settings, spec, self)  # lr schedule, precision, grad accumulation (dni_dist.trainer)
         self._model_fn, self._loss_fn = self.trainer.forward_fns(self.model, spec.loss)
 
@@ -351,13 +353,19 @@ class Worker(WorkerState):
         self.grads.rebind_synth()
 
     def _check_divergence(self, ran: torch.Tensor, skipped: torch.Tensor) -> None:
-        """Raise when more than the threshold of the chunks in the window were skipped. Read once
-        every DIVERGENCE_CHECK_EVERY ticks (the window's length if shorter), not every tick."""
+        """Raise when more than the threshold of the chunks in the window were skipped. Checked once
+        every DIVERGENCE_CHECK_EVERY ticks (the window's length if shorter), on the window's sums
+        as posted at the tick before (``dni_dist/post.py``): no tick waits for the device."""
         self._recent.append(torch.stack([ran, skipped]))
         self._ticks += 1
-        if len(self._recent) < self._recent.maxlen or self._ticks % min(DIVERGENCE_CHECK_EVERY, self._recent.maxlen):
+        every = min(DIVERGENCE_CHECK_EVERY, self._recent.maxlen)
+        check = len(self._recent) == self._recent.maxlen and self._ticks % every == 0
+        if check:
+            ran_sum, bad = self._divergence.take(lambda: torch.stack(list(self._recent)).sum(0))
+        if (self._ticks + 1) % every == 0:
+            self._divergence.send(torch.stack(list(self._recent)).sum(0))
+        if not check:
             return
-        ran_sum, bad = (int(v) for v in torch.stack(list(self._recent)).sum(0).tolist())
         total = ran_sum + bad
         if total and bad / total > self.settings.divergence_threshold:
             raise DivergenceError(

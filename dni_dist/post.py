@@ -1,0 +1,51 @@
+"""A few integers on their way from the device to the host, posted one tick before the host reads
+them, so the read never waits for the device (issue 28, goal 1): the synthesizer's gate
+(``Synthesizer.tick``) and the engine's divergence window (``Worker``)."""
+from __future__ import annotations
+
+import torch
+
+
+class Post:
+    """Integers copied from the device to the host one tick before the host reads them. On a GPU the
+    copy goes to pinned memory without waiting and an event marks its end; the read waits on that
+    event, which the device passed a tick ago unless the host runs more than a chunk ahead of it.
+    On the CPU the copy is a copy. Nothing posted (the first tick, a state saved before posts
+    existed): the read takes the device's value at once."""
+
+    def __init__(self, saved: list[int] | None = None):
+        self._saved = saved     # values restored from a checkpoint, taken at the next read
+        self._host: torch.Tensor | None = None
+        self._event = None
+        self._sent = False
+
+    def send(self, values: torch.Tensor) -> None:
+        cuda = values.device.type == "cuda"
+        if self._host is None or self._host.shape != values.shape:
+            self._host = torch.empty(values.shape, dtype=torch.int64, pin_memory=cuda)
+        self._host.copy_(values, non_blocking=cuda)
+        if cuda:
+            self._event = self._event or torch.cuda.Event()
+            self._event.record()
+        self._saved, self._sent = None, True
+
+    def take(self, read_now) -> list[int]:
+        """The posted values (consumed), else ``read_now()``'s, read from the device."""
+        if self._saved is not None:
+            values, self._saved = self._saved, None
+            return values
+        if not self._sent:
+            return [int(v) for v in read_now().tolist()]
+        self._sent = False
+        return self._read()
+
+    def values(self, size: int) -> list[int]:
+        """What the next read will take, for a checkpoint (``size`` times -1: nothing posted)."""
+        if self._saved is not None:
+            return list(self._saved)
+        return self._read() if self._sent else [-1] * size
+
+    def _read(self) -> list[int]:
+        if self._event is not None:
+            self._event.synchronize()
+        return [int(v) for v in self._host.tolist()]
