@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from dni_dist import Synthesizer  # noqa: E402
 from dni_dist import targets as tg  # noqa: E402
+from dni_dist.post import Post  # noqa: E402
 
 FULL = dict(hidden=1024, emb=64, batch=128, T=5, measure=200, shared_s=40.0,
             engine=dict(hidden=1024, truncation=16, chunks=8, batch=64, steps=30))
@@ -43,9 +44,11 @@ READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
 @contextlib.contextmanager
 def counting_syncs(device: str):
-    """Yields a one-item list: the synchronisations (CUDA) or Python-level tensor reads (CPU) so far."""
-    got = [0]
+    """Yields a two-item list: the synchronisations (CUDA) or Python-level tensor reads (CPU) so far, and
+    the reads of a post (``dni_dist/post.py``) that found its copy unfinished (waited for the device)."""
+    got = [0, 0]
     if device == "cuda":
+        waits = Post.waits
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
@@ -54,12 +57,16 @@ def counting_syncs(device: str):
             finally:
                 torch.cuda.set_sync_debug_mode(0)
                 got[0] = sum("synchroniz" in str(w.message) for w in caught)
+                got[1] = Post.waits - waits
         return
     orig = {n: getattr(torch.Tensor, n) for n in READS}
 
     def wrap(f):
         def read(self, *a, **k):  # only reads asked for inside dni_dist (the user's Adam reads its step counters)
-            if any("dni_dist" in fr.filename and "benchmarks" not in fr.filename for fr in traceback.extract_stack()):
+            stack = traceback.extract_stack()
+            if stack[-2].filename.endswith("/post.py"):  # a post's host buffer: no read of the device
+                return f(self, *a, **k)
+            if any("dni_dist" in fr.filename and "benchmarks" not in fr.filename for fr in stack):
                 got[0] += 1
             return f(self, *a, **k)
         return read
@@ -118,7 +125,7 @@ def seed_loop(mode: str, device: str, p: dict, seconds: float | None = None) -> 
             update(c)
         sync(device)
         ms = 1000 * (time.perf_counter() - t0) / p["measure"]
-    return {"ms_per_update": ms, "syncs_per_update": syncs[0] / p["measure"],
+    return {"ms_per_update": ms, "syncs_per_update": syncs[0] / p["measure"], "waits_per_update": syncs[1] / p["measure"],
             "gate": synth.stats.gate if synth else None}
 
 
@@ -135,7 +142,7 @@ def engine_run(mode: str, device: str, p: dict) -> dict:
         wall = time.perf_counter() - t0
     ticks = e["steps"] * e["chunks"]
     return {"ms_per_update": 1000 * wall / ticks, "syncs_per_update": syncs[0] / ticks,
-            "tokens_per_s": m["tokens_per_s"]}
+            "waits_per_update": syncs[1] / ticks, "tokens_per_s": m["tokens_per_s"]}
 
 
 def sync(device: str) -> None:
@@ -171,7 +178,8 @@ def main() -> int:
     what = "host reads inside dni_dist (CPU, Python-level)" if args.smoke else "host-device syncs"
     name = "CPU smoke" if args.smoke else torch.cuda.get_device_name()
     print(f"# gpu_cost.py on {name}, torch {torch.__version__}; {what} per update", flush=True)
-    print("row | mode | ms/update | syncs/update | notes", flush=True)
+    print("row | mode | ms/update | syncs/update | notes (posts that waited: reads of a post, dni_dist/post.py, "
+          "that found the device behind)", flush=True)
     for mode in ("tbptt", "dni"):
         r = seed_loop(mode, device, p)
         gate = "" if r["gate"] is None else f"gate {r['gate']:.3f}"
@@ -182,7 +190,7 @@ def main() -> int:
         e = p["engine"]
         print(f"engine K=1 (LSTM {e['hidden']}, B {e['batch']}, T {e['truncation']}) | {mode} | "
               f"{r['ms_per_update']:.2f} | {r['syncs_per_update']:.2f} | {r['tokens_per_s']:,.0f} tokens/s "
-              "(whole run, warm-up included)", flush=True)
+              f"(whole run, warm-up included), posts that waited {r['waits_per_update']:.2f}/update", flush=True)
     for mode in ("tbptt", "dni"):
         r = shared(mode, device, args.smoke, args.jobs, p["shared_s"])
         per = 1000 * r["seconds"] / max(r["updates"], 1)

@@ -3,7 +3,9 @@
 which stalls the launch queue of a launch-bound step. Counted here on the CPU (where they cost
 little), per chunk, by the innermost line of dni_dist that asked (the user's own reads, e.g. a
 per-tensor Adam's step counters, are left out); since issue 28 the only read of a DNI update is the gate's, once
-every ``gate_check_every`` injections (``Synthesizer.gate_open``); tests/test_host_reads.py holds it there.
+every ``gate_check_every`` injections (``Synthesizer.tick``); tests/test_host_reads.py holds it there. A read
+of a post (``dni_dist/post.py``: host memory a device value was copied to a tick earlier, without waiting; the
+engine's divergence window) would be marked ``[posted]``.
 
     python benchmarks/host_reads.py
 """
@@ -14,8 +16,9 @@ import traceback
 import torch
 
 from cost_per_update import run
+from dni_dist import Synthesizer
 
-WARMUP = 20  # the chunks cost_per_update.run trains before its clock starts (counted here too)
+WARMUP = 20  # the chunks cost_per_update.run trains before its clock starts, plus the gate's warm-up (counted here too)
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
 
@@ -29,10 +32,12 @@ def count(mode: str, chunks: int = 200):
         f = orig[name]
 
         def read(self, *a, **k):
-            frames = [fr for fr in traceback.extract_stack()[:-1] if "dni_dist" in fr.filename]
+            stack = traceback.extract_stack()[:-1]
+            frames = [fr for fr in stack if "dni_dist" in fr.filename and not fr.filename.endswith("/post.py")]
             if frames:  # the user's own reads (their optimizer's step counters) are theirs
                 fr = frames[-1]
-                sites[f"{fr.filename.split('/')[-1]}:{fr.lineno} {fr.name}: {fr.line} [{name}]"] += 1
+                how = "posted" if stack[-1].filename.endswith("/post.py") else name
+                sites[f"{fr.filename.split('/')[-1]}:{fr.lineno} {fr.name}: {fr.line} [{how}]"] += 1
             return f(self, *a, **k)
         return read
 
@@ -43,7 +48,7 @@ def count(mode: str, chunks: int = 200):
     finally:
         for n in READS:
             setattr(torch.Tensor, n, orig[n])
-    total = chunks + WARMUP
+    total = chunks + WARMUP + (Synthesizer().gate_warmup if mode == "dni" else 0)  # as run() counts its warm-up
     return sum(sites.values()) / total, {k: v / total for k, v in sites.most_common()}
 
 

@@ -38,14 +38,15 @@ class SynthOptions:
             targets ``d`` and (centred) predictions ``p``; 1 is the least-squares shrinkage, 2 (the
             default) the largest scale up to 1 never worse than plain TBPTT by that measure.
         gate_warmup: n >= 0 updates of evidence before the gate may open at all (0: off).
-        gate_check_every: m >= 1. The gate lives on the device; the host takes whether it is open
-            once every m chunks (``backward_synthetic`` calls; engine ticks), as the device posted it
-            one chunk earlier (a copy that does not wait: no host-device synchronisation on a GPU),
-            and, while it reads shut, skips the prediction, the injection and the ``J^T g`` pass (the
-            regression goes on: it is the evidence the gate reopens on). So the gate opens 1 to m
-            chunks after its evidence says so, and closes at once (what is injected is scaled on the
-            device). 1 (default): every chunk (docs/results.md, rounds 14-15; round 14: m=16 solved
-            delayed recall on fewer held-out seeds, 4 of 6 vs 5 of 6).
+        gate_check_every: m >= 1. The gate lives on the device; the host reads whether it is open
+            once every m chunks (``backward_synthetic`` calls; engine ticks), the only read of an
+            update, and, while it reads shut, skips the prediction, the injection and the ``J^T g``
+            pass (the regression goes on: it is the evidence the gate reopens on). So the gate opens
+            up to m chunks after its evidence says so, and closes at once (what is injected is scaled
+            on the device). 1 (default): read every chunk (the gate's math before issue 28, bit for bit;
+            round 14: the scheduled read m=16 solved delayed recall on fewer held-out seeds, 4 of 6 vs 5 of 6;
+            round 15: a read that never waits, of the gate posted a chunk earlier, 3 of 6: not kept).
+            m=16 makes a GPU update free of host syncs.
         shut_train_every: k >= 1. While the gate reads shut after its warm-up, regress on one cut
             in k (the rest are not trained): the gate reopens on evidence from fewer targets, and a
             shut gate costs little more than TBPTT. 1 (default): every cut, as before. One-step

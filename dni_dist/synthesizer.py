@@ -8,10 +8,9 @@
 
 Everything an update computes stays on the state's device: the gate, the running scale, the
 non-finite guards and the statistics are tensors, so a step on a GPU never waits for the GPU to
-finish (no host-device synchronisation). The host needs one thing back, whether the gate is open
-(to skip the prediction and the ``J^T g`` pass while it is shut): the device posts it a tick
-before the host takes it (``dni_dist/post.py``), so that read does not wait either.
-``synth.stats`` is read when someone asks for it.
+finish (no host-device synchronisation). Two reads remain, both bounded: the gate is read once
+every ``gate_check_every`` injections (to skip the prediction and the ``J^T g`` pass while it is
+shut), and ``synth.stats`` is read when someone asks for it.
 
 References:
     Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients", arXiv 1608.05343.
@@ -22,9 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import targets as tg
-from .post import Post
 from . import optim
+from . import targets as tg
 from .seed_api import SeedAPI
 from .state_form import check_form, infer_form
 from .synth_options import OPTION_NAMES, SynthOptions, check_everyday, merge_options
@@ -76,16 +74,14 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("fit", torch.zeros(3))
         if self.gate_warmup:  # updates of evidence so far
             self.register_buffer("fit_count", torch.zeros(()))
-        # the host's gate clock, [ticks so far, open, warmed up (the view taken at the last read), the device's
-        # open and warmed up as posted for the next read (-1: nothing posted)]: saved with the state (written at
-        # save time from the host, read back once after a load) so a resumed run reads the gate at the same
-        # ticks, and sees the same values, as an uninterrupted one
-        self.register_buffer("gate_clock", torch.tensor([0, 0, 0, -1, -1], dtype=torch.int64))
+        # the host's gate clock, [ticks so far, open at the last read, warmed up at the last read]: saved with the state
+        # (written at save time from the host, read back once after a load) so a resumed run reads
+        # the gate at the same injections as an uninterrupted one
+        self.register_buffer("gate_clock", torch.zeros(3, dtype=torch.int64))
         # counters and the last update's loss/energy on the device (not saved; see SynthStats)
         self.register_buffer("_counts", torch.zeros(4, dtype=torch.int64), persistent=False)
         self._last_update: tuple | None = None  # (loss, unit, sum of target mean squares, n) of the last accumulate
-        self._clock: list[int] | None = [0, 0, 0]  # host copy of gate_clock[:3] (None: read it first)
-        self._post = Post()  # the device's gate on its way to the host for the next read
+        self._clock: list[int] | None = [0, 0, 0]  # host copy of gate_clock (None: read it first)
         self._host = {"targets": 0, "zero_targets": 0, "dropped_ends": 0}
         self._reported = [0] * 4  # counters already warned about
         self.net: nn.Sequential | None = None
@@ -175,16 +171,13 @@ class Synthesizer(SeedAPI, nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self._clock is not None:  # the host's clock is the truth; the buffer is written when saved
-            self.gate_clock.copy_(torch.tensor(self._clock + self._post.values(2), dtype=torch.int64))
+            self.gate_clock.copy_(torch.tensor(self._clock, dtype=torch.int64))
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "gate_clock"
-        if key not in state_dict and prefix + "fit" in state_dict:
-            # saved before the clock existed: zeros, the gate read at the next tick
-            state_dict[key] = torch.zeros(3, dtype=torch.int64)
-        if key in state_dict and state_dict[key].shape == (3,):  # saved before the post: nothing posted
-            state_dict[key] = torch.cat([state_dict[key].to(torch.int64), torch.full((2,), -1, dtype=torch.int64)])
+        if prefix + "gate_clock" not in state_dict and prefix + "fit" in state_dict:
+            # saved before the clock existed: zeros, read at the next injection
+            state_dict[prefix + "gate_clock"] = torch.zeros(3, dtype=torch.int64)
         self._clock = None  # read from the loaded buffer when first needed (one read after a load)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -234,32 +227,21 @@ class Synthesizer(SeedAPI, nn.Module):
         return bool(self._ready())
 
     def _clock_now(self) -> list[int]:
-        if self._clock is None:  # once after a load
-            saved = [int(v) for v in self.gate_clock.tolist()]
-            self._clock = saved[:3]
-            self._post = Post(saved[3:] if saved[3] >= 0 else None)
+        if self._clock is None:
+            self._clock = [int(v) for v in self.gate_clock.tolist()]  # once after a load
         return self._clock
-
-    def _gate_flags(self) -> torch.Tensor:
-        """[open, warmed up] on the device."""
-        return torch.stack([self._scale() > 0, self._warmed()])
 
     def tick(self) -> None:
         """Advance the gate's clock by one chunk: once per ``backward_synthetic`` call (the seed API) or
         per engine tick on every worker, before the chunk's injection. Every ``gate_check_every``
-        ticks (the first included) the host takes the device's gate (whether it is open, and whether
-        its warm-up is over) as it was posted one tick earlier, and holds it until the next read: the
-        post is a copy that does not wait for the device, and one tick later the copy is done, so
-        the host never stalls for it. Counted in ticks, not injections, so that the engine's
-        replicas read at the same ticks, hold the same view, and a checkpoint of one of them resumes
-        them all exactly."""
+        ticks (the first included) the host reads the device's gate (whether it is open, and whether
+        its warm-up is over) and holds it until the next read. Counted in ticks, not injections, so
+        that the engine's replicas read at the same ticks, hold the same view, and a checkpoint of
+        one of them resumes them all exactly. (Round 15: taking it from a post made a tick earlier,
+        which never waits for a GPU, solved fewer held-out seeds; not kept.)"""
         clock = self._clock_now()
-        if self.gate:
-            m = self.gate_check_every
-            if clock[0] % m == 0:  # the scheduled read: what was posted a tick ago (at the first tick: now)
-                clock[1], clock[2] = self._post.take(self._gate_flags)
-            if (clock[0] + 1) % m == 0:
-                self._post.send(self._gate_flags())
+        if self.gate and clock[0] % self.gate_check_every == 0:  # the scheduled read
+            clock[1], clock[2] = (int(v) for v in torch.stack([self._scale() > 0, self._warmed()]).tolist())
         clock[0] += 1
 
     def ticks(self) -> int:

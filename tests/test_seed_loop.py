@@ -84,25 +84,11 @@ def test_a_checkpoint_saved_before_the_gate_clock_loads():
     s = Synthesizer(4, is_lstm=False, num_layers=1)
     old = {k: v for k, v in s.state_dict().items() if k != "gate_clock"}
     assert set(old) == {"target_ms", "fit", "fit_count", "net.0.weight", "net.0.bias"}
-    assert s.state_dict()["gate_clock"].tolist() == [0, 0, 0, -1, -1]  # nothing posted yet
+    assert s.state_dict()["gate_clock"].shape == (3,)
     t = Synthesizer(4, is_lstm=False, num_layers=1)
     t.load_state_dict(old)
     t.tick()  # reads at once
     assert t.gate_open() is False and t.ticks() == 1
-
-
-def test_a_gate_clock_saved_before_the_post_loads_and_reads_the_device_at_once():
-    """The previous release saved [ticks, open, warmed]: it loads as nothing posted, so the next
-    scheduled read takes the device's gate at once (as that release did)."""
-    s = Synthesizer(4, is_lstm=False, num_layers=1, gate_warmup=0)
-    state = s.state_dict()
-    state["gate_clock"] = torch.tensor([6, 0, 1], dtype=torch.int64)
-    state["target_ms"].fill_(1.0)
-    state["fit"].copy_(torch.tensor([0.3, 0.4, 1.0]))  # open on the device
-    s.load_state_dict(state)
-    s.tick()
-    assert s.gate_open() is True and s.ticks() == 7
-    assert s.state_dict()["gate_clock"].tolist() == [7, 1, 1, 1, 1]  # posted for tick 7's read
 
 
 def test_a_shut_gate_trains_one_cut_in_k_after_its_warmup():
@@ -123,8 +109,7 @@ def test_a_shut_gate_trains_one_cut_in_k_after_its_warmup():
         loss.backward()
         synth.step()
     first_shut = next(k for k, (_, kept_it) in enumerate(kept) if not kept_it)
-    # the warm-up (4 updates; the host sees its end a tick after the device: the gate is posted a tick ahead)
-    assert 3 <= first_shut <= 7 and all(kept_it for _, kept_it in kept[:first_shut])
+    assert 3 <= first_shut <= 6 and all(kept_it for _, kept_it in kept[:first_shut])  # the warm-up
     assert all(kept_it == (i % 3 == 0) for i, kept_it in kept[first_shut:])
     assert synth.stats.targets == sum(kept_it for _, kept_it in kept) and predicted == []
     with pytest.raises(ValueError, match="shut_train_every=2, lookahead=2"):
