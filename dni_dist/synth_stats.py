@@ -9,6 +9,8 @@ import warnings
 
 import torch
 
+from . import regression
+
 # device counters of a Synthesizer (a non-persistent buffer): their index
 UPDATES, NONFINITE_PREDICTIONS, NONFINITE_TARGETS, SKIPPED_UPDATES = range(4)
 
@@ -66,6 +68,8 @@ def _last(synth) -> torch.Tensor:
     if synth._last_update is None:
         return torch.full((2,), float("nan"), dtype=torch.float64, device=synth.fit.device)
     loss, unit, sq, n = synth._last_update
+    if isinstance(loss, list):  # the linear synthesizer's cuts (dni_dist/regression.py)
+        loss = regression.loss_of(loss)
     u = unit if torch.is_tensor(unit) else torch.tensor(unit)
     return (torch.stack([loss.double() * u.double() ** 2, sq[0].double()]) / n).to(synth.fit.dtype).double()  # as stored before
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import optim
+from . import optim, regression
 from . import targets as tg
 from .seed_api import SeedAPI
 from .state_form import check_form, infer_form
@@ -276,7 +276,7 @@ class Synthesizer(SeedAPI, nn.Module):
         self._follow(state)
         sflat = tg.flatten_state(tg.detach(state))
         flat = self._direction(self._predict(sflat), sflat) * self._scale()
-        ok = torch.isfinite(flat).all()
+        ok = tg.finite(flat)
         self._counts[NONFINITE_PREDICTIONS] += ~ok
         return tg.unflatten_state(torch.where(ok, flat, 0.0), state)
 
@@ -321,33 +321,41 @@ class Synthesizer(SeedAPI, nn.Module):
             distributed engine all-reduces this vector with the gradients. ``p`` is the centred
             prediction made before this update (out of sample), ``d`` the target, both in output units.
         """
-        loss, rows, oks = None, [], []
+        loss, rows, oks, cuts = None, [], [], []
         unit, ready = self._unit(), self._ready()
+        linear = self.hidden_layers == 0  # its gradient without autograd (dni_dist/regression.py), bit for bit
         for state, target in zip(boundaries, targets):
             tflat = tg.flatten_state(tg.detach(target))
             sflat = tg.flatten_state(tg.detach(state))
-            ok = torch.isfinite(tflat).all() & torch.isfinite(sflat).all()
+            ok = tg.finite(tflat, sflat)
             tflat, sflat = torch.where(ok, tflat, 0.0), torch.where(ok, sflat, 0.0)
             keep = ok & ready
-            pred = self.net(sflat)
             d = tflat / unit
-            term = tg.regression_loss(pred, d) * keep
-            loss = term if loss is None else loss + term
+            with torch.set_grad_enabled(not linear):
+                pred = self.net(sflat)
+            if linear:
+                cuts.append((sflat, pred, d, keep))
+            else:
+                term = tg.regression_loss(pred, d) * keep
+                loss = term if loss is None else loss + term
             with torch.no_grad():
                 p = self._direction(pred, sflat)
                 row = torch.stack([tflat.pow(2).mean(), (p * d).mean(), p.pow(2).mean(), d.pow(2).mean()])
                 rows.append(torch.where(torch.stack([ok, keep, keep, keep]), row, 0.0))
             oks.append(ok)
         self._host["targets"] += len(oks)
-        evidence = torch.zeros(5, dtype=torch.float64, device=self.fit.device)
-        if rows:
-            n = torch.stack(oks).sum()
-            self._counts[NONFINITE_TARGETS] += len(oks) - n
-            evidence[0] = n
-            sums = torch.stack(rows).sum(0)
-            evidence[1:] = sums.double()
+        if not rows:
+            return torch.zeros(5, dtype=torch.float64, device=self.fit.device)
+        n = oks[0].to(torch.int64) if len(oks) == 1 else torch.stack(oks).sum()
+        self._counts[NONFINITE_TARGETS] += len(oks) - n
+        sums = rows[0] if len(rows) == 1 else torch.stack(rows).sum(0)
+        evidence = torch.cat([n.double().view(1), sums.double()])
+        if linear:
+            regression.add_linear_grads(self.net[-1], cuts)
+        else:
             loss.backward()
-            self._last_update = (loss.detach(), unit, sums, n)  # SynthStats computes from them
+        # what SynthStats needs for the last update's loss (computed when read)
+        self._last_update = (cuts if linear else loss.detach(), unit, sums, n)
         return evidence
 
     def finish_update(self, evidence: torch.Tensor) -> None:

@@ -311,6 +311,7 @@ def test_ray_run_longer_than_four_timeouts_completes():
 
 def test_the_finite_check_of_the_summed_gradient():
     """One reduction decides the common case; a sum that overflows still counts as finite."""
+    from dni_dist import targets as tg
     from dni_dist.engine.worker import _finite
     assert _finite(torch.ones(1000))
     assert _finite(torch.full((4,), 3e38))  # the sum overflows to inf, every element is finite
@@ -318,6 +319,7 @@ def test_the_finite_check_of_the_summed_gradient():
         g = torch.ones(1000)
         g[517] = bad
         assert not _finite(g)
+        assert not tg.finite(torch.full((3,), -3e38), g) and tg.finite(torch.full((3,), -3e38), torch.ones(2))
 
 
 def test_default_adam_falls_back_where_torch_refuses_fused(monkeypatch):

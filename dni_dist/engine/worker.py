@@ -45,8 +45,8 @@ class DivergenceError(RuntimeError):
 
 
 def _finite(flat: torch.Tensor) -> torch.Tensor:
-    """No NaN or Inf in ``flat`` (a device bool)."""
-    return torch.isfinite(flat).all()
+    """No NaN or Inf in ``flat`` (a device bool; ``targets.finite``)."""
+    return tg.finite(flat)
 
 
 class Worker(WorkerState):
