@@ -26,10 +26,12 @@ def step(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -> None:
     (~0.15 ms of a ~0.03 ms kernel at 256 x 256 on CPU). The first step (it creates the state),
     and any other optimizer or setting, goes through ``step()``: a fused Adam is told
     ``found_inf``; another optimizer reads ``ok`` once."""
+    if ok.dtype != torch.bool:
+        raise TypeError(f"optim.step: ok must be a bool tensor, got {ok.dtype}")
     group = optimizer.param_groups[0] if len(optimizer.param_groups) == 1 else None
     if _direct(optimizer, group):
         params = [p for p in group["params"] if p.grad is not None]
-        if params and all(p in optimizer.state for p in params):
+        if params and all("step" in optimizer.state.get(p, ()) for p in params):
             states = [optimizer.state[p] for p in params]
             steps = [s["step"] for s in states]
             found_inf = (~ok).float()
@@ -40,7 +42,7 @@ def step(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -> None:
                                eps=group["eps"], maximize=False, grad_scale=None, found_inf=found_inf)
             torch._foreach_sub_(steps, [found_inf] * len(steps))
             return
-    if optimizer.defaults.get("fused"):
+    if all(g.get("fused") for g in optimizer.param_groups):  # the groups' setting (a loaded state may change it)
         optimizer.found_inf = (~ok).float()  # what GradScaler uses: skips the step, keeps the counters
         optimizer.step()
     elif bool(ok):  # an optimizer without found_inf: one read
@@ -51,7 +53,9 @@ def _direct(optimizer, group) -> bool:
     return (type(optimizer) is torch.optim.Adam and group is not None and group.get("fused")
             and hasattr(torch, "_fused_adam_") and not torch.is_tensor(group["lr"])
             and not group["amsgrad"] and not group["maximize"] and not group.get("decoupled_weight_decay")
-            and not group.get("differentiable") and not optimizer._optimizer_step_pre_hooks
+            and not group.get("differentiable") and getattr(optimizer, "grad_scale", None) is None
+            and "step" not in vars(optimizer)  # a step wrapped on the instance (a scheduler, a user) is theirs
+            and not optimizer._optimizer_step_pre_hooks
             and not optimizer._optimizer_step_post_hooks
             and not getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
             and not getattr(_torch_optimizer, "_global_optimizer_post_hooks", None))

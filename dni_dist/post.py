@@ -1,7 +1,8 @@
 """A few integers on their way from the device to the host, posted one tick before the host reads
 them, so the read never waits for the device (issue 28, goal 1): the engine's divergence window
-(``Worker._check_divergence``). (Round 15 posted the synthesizer's gate the same way; the one-chunk
-lag solved fewer held-out seeds, so the gate is read directly.)"""
+(``Worker._check_divergence``), which is therefore judged as it stood a tick earlier. (Round 15 posted
+the synthesizer's gate the same way; the one-chunk lag solved fewer held-out seeds, so the gate is
+read directly.)"""
 from __future__ import annotations
 
 import torch
@@ -11,13 +12,12 @@ class Post:
     """Integers copied from the device to the host one tick before the host reads them. On a GPU the
     copy goes to pinned memory without waiting and an event marks its end; the read waits on that
     event, which the device passed a tick ago unless the host runs more than a chunk ahead of it.
-    On the CPU the copy is a copy. Nothing posted (the first tick, a state saved before posts
-    existed): the read takes the device's value at once."""
+    On the CPU the copy is a copy. Nothing posted yet (a check at the first tick): the read takes
+    the device's value at once."""
 
     waits = 0  # reads (all posts) that found their copy unfinished: the host was over a tick ahead of the device
 
-    def __init__(self, saved: list[int] | None = None):
-        self._saved = saved     # values restored from a checkpoint, taken at the next read
+    def __init__(self):
         self._host: torch.Tensor | None = None
         self._event = None
         self._sent = False
@@ -30,24 +30,15 @@ class Post:
         self._host.copy_(values, non_blocking=cuda)
         if cuda:
             self._event = self._event or torch.cuda.Event()
-            self._event.record()
-        self._saved, self._sent = None, True
+            self._event.record(torch.cuda.current_stream(values.device))
+        self._sent = True
 
     def take(self, read_now) -> list[int]:
         """The posted values (consumed), else ``read_now()``'s, read from the device."""
-        if self._saved is not None:
-            values, self._saved = self._saved, None
-            return values
         if not self._sent:
             return [int(v) for v in read_now().tolist()]
         self._sent = False
         return self._read()
-
-    def values(self, size: int) -> list[int]:
-        """What the next read will take, for a checkpoint (``size`` times -1: nothing posted)."""
-        if self._saved is not None:
-            return list(self._saved)
-        return self._read() if self._sent else [-1] * size
 
     def _read(self) -> list[int]:
         if self._event is not None:

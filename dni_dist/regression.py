@@ -15,6 +15,18 @@ import torch
 from torch import nn
 
 
+def exact_for(net: nn.Sequential, device: torch.device) -> bool:
+    """Whether :func:`add_linear_grads` is autograd's gradient bit for bit for ``net``: one linear
+    layer, float32 or float64, autocast off (under autocast the layer runs in half precision, and
+    autograd's backward then differs; ``accumulate`` uses autograd there)."""
+    if len(net) != 1 or not isinstance(net[0], nn.Linear) or net[0].weight.dtype not in (torch.float32, torch.float64):
+        return False
+    try:
+        return not torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        return not (torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+
+
 @torch.no_grad()
 def add_linear_grads(layer: nn.Linear, cuts: list) -> None:
     """Add to ``layer``'s ``.grad`` the gradient of ``sum_i keep_i * mse(pred_i, d_i)``.

@@ -9,8 +9,6 @@ import warnings
 
 import torch
 
-from . import regression
-
 # device counters of a Synthesizer (a non-persistent buffer): their index
 UPDATES, NONFINITE_PREDICTIONS, NONFINITE_TARGETS, SKIPPED_UPDATES = range(4)
 
@@ -67,11 +65,10 @@ def _last(synth) -> torch.Tensor:
     """[regression loss, target mean square] of the last update, in gradient units (NaN before one)."""
     if synth._last_update is None:
         return torch.full((2,), float("nan"), dtype=torch.float64, device=synth.fit.device)
-    loss, unit, sq, n = synth._last_update
-    if isinstance(loss, list):  # the linear synthesizer's cuts (dni_dist/regression.py)
-        loss = regression.loss_of(loss)
-    u = unit if torch.is_tensor(unit) else torch.tensor(unit)
-    return (torch.stack([loss.double() * u.double() ** 2, sq[0].double()]) / n).to(synth.fit.dtype).double()  # as stored before
+    loss, unit, sq, n, dtype = synth._last_update
+    u = unit if torch.is_tensor(unit) else torch.tensor(unit, device=loss.device)
+    last = torch.stack([loss.double() * u.double() ** 2, sq.double()]) / n
+    return last.to(dtype).to(device=synth.fit.device, dtype=torch.float64)  # rounded as the synthesizer's dtype was
 
 
 def _warn(synth, counts: list[int]) -> None:

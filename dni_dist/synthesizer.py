@@ -80,12 +80,13 @@ class Synthesizer(SeedAPI, nn.Module):
         self.register_buffer("gate_clock", torch.zeros(3, dtype=torch.int64))
         # counters and the last update's loss/energy on the device (not saved; see SynthStats)
         self.register_buffer("_counts", torch.zeros(4, dtype=torch.int64), persistent=False)
-        self._last_update: tuple | None = None  # (loss, unit, sum of target mean squares, n) of the last accumulate
+        self._last_update: tuple | None = None  # (loss, unit, sum of target mean squares, n, dtype): last accumulate
         self._clock: list[int] | None = [0, 0, 0]  # host copy of gate_clock (None: read it first)
         self._host = {"targets": 0, "zero_targets": 0, "dropped_ends": 0}
         self._reported = [0] * 4  # counters already warned about
         self.net: nn.Sequential | None = None
         self.optimizer = None
+        self._params: list[nn.Parameter] = []  # the net's parameters (set with the optimizer)
         self.reset()  # the seed API's bookkeeping (dni_dist.seed_api)
         self._calls = 0
         self._cuts = 0  # seed API: cuts made so far (train_every picks the trained ones by this count)
@@ -323,7 +324,7 @@ class Synthesizer(SeedAPI, nn.Module):
         """
         loss, rows, oks, cuts = None, [], [], []
         unit, ready = self._unit(), self._ready()
-        linear = self.hidden_layers == 0  # its gradient without autograd (dni_dist/regression.py), bit for bit
+        linear = regression.exact_for(self.net, self.fit.device)  # its gradient without autograd, bit for bit
         for state, target in zip(boundaries, targets):
             tflat = tg.flatten_state(tg.detach(target))
             sflat = tg.flatten_state(tg.detach(state))
@@ -352,10 +353,10 @@ class Synthesizer(SeedAPI, nn.Module):
         evidence = torch.cat([n.double().view(1), sums.double()])
         if linear:
             regression.add_linear_grads(self.net[-1], cuts)
+            loss = regression.loss_of(cuts)
         else:
             loss.backward()
-        # what SynthStats needs for the last update's loss (computed when read)
-        self._last_update = (cuts if linear else loss.detach(), unit, sums, n)
+        self._last_update = (loss.detach(), unit, sums[0], n, self.fit.dtype)  # SynthStats reads them when asked
         return evidence
 
     def finish_update(self, evidence: torch.Tensor) -> None:

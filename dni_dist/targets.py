@@ -170,7 +170,10 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def finite(*tensors: torch.Tensor) -> torch.Tensor:
     """True (a device bool) when no element of ``tensors`` is NaN or +-Inf. ``x * 0`` is 0 for a finite
     ``x`` and NaN otherwise, so the sum is exactly 0 when every element is finite (a plain sum could
-    overflow); on CPU ~10x cheaper than ``isfinite(x).all()`` (no mask, no second reduction)."""
+    overflow); cheaper than ``isfinite(x).all()`` (no mask, no second reduction; docs/performance.md,
+    round 15). Eager only: a compiler allowed fast-math could fold ``x * 0`` to 0."""
+    if not tensors:
+        raise ValueError("finite() needs at least one tensor")
     total = None
     for t in tensors:
         part = t.mul(0).sum()

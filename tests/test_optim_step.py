@@ -61,3 +61,28 @@ def test_other_optimizers_step_themselves(kind):
     set_grads(a, b, seed=1)
     optim.step(ob, torch.tensor(False))  # read: no step
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_fused_adam_that_loaded_a_plain_adams_state_steps_the_plain_way():
+    a, b, oa, ob = pair(fused=True)
+    plain = torch.optim.Adam(b.parameters(), lr=1e-2)
+    set_grads(b, seed=0)
+    plain.step()
+    ob.load_state_dict(plain.state_dict())  # the group says fused=None now; the defaults still say fused
+    set_grads(b, seed=1)
+    optim.step(ob, torch.tensor(True))  # neither the kernel nor found_inf: a plain step, no assertion error
+    optim.step(ob, torch.tensor(False))
+    assert float(ob.state[next(iter(b.parameters()))]["step"]) == 2
+
+
+def test_a_step_wrapped_on_the_instance_is_called_and_ok_must_be_a_bool():
+    a, b, _, ob = pair(fused=True)
+    set_grads(b, seed=0)
+    optim.step(ob, torch.tensor(True))
+    calls, inner = [], ob.step
+    ob.step = lambda *x: calls.append(1) or inner(*x)
+    set_grads(b, seed=1)
+    optim.step(ob, torch.tensor(True))
+    assert calls == [1]
+    with pytest.raises(TypeError, match="bool"):
+        optim.step(ob, torch.tensor(1))

@@ -53,3 +53,48 @@ def test_a_hidden_layer_goes_through_autograd(monkeypatch):
         assert len(calls) == expected
         if hidden:
             assert all(p.grad is not None for p in synth.net.parameters())
+
+
+def test_a_preset_grad_is_added_to_in_place():
+    """The engine binds ``.grad`` to its flat buffer: the gradient must land there, not in a new tensor."""
+    layer = nn.Linear(5, 5)
+    buffers = [torch.ones_like(p) for p in layer.parameters()]
+    for p, b in zip(layer.parameters(), buffers):
+        p.grad = b
+    s, d = torch.randn(3, 5), torch.randn(3, 5)
+    with torch.no_grad():
+        regression.add_linear_grads(layer, [(s, layer(s), d, torch.tensor(True))])
+    assert all(p.grad is b for p, b in zip(layer.parameters(), buffers))
+    assert not torch.equal(buffers[0], torch.ones_like(buffers[0]))
+
+
+def test_under_autocast_the_regression_goes_through_autograd(monkeypatch):
+    """Under autocast the layer runs in bfloat16 and only autograd's backward is the reference: the
+    update equals the autograd path's, and nothing raises (a bf16 gradient on fp32 weights would)."""
+    states = [[torch.randn(6, 4) for _ in range(2)] for _ in range(3)]
+
+    def run(fast):
+        torch.manual_seed(0)
+        synth = Synthesizer(4, is_lstm=False, num_layers=1)
+        if not fast:
+            monkeypatch.setattr(regression, "exact_for", lambda *a: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for bounds, tars in ((s[:1], s[1:]) for s in states):
+                synth.finish_update(synth.accumulate(bounds, tars))
+        monkeypatch.undo()
+        return synth.state_dict(), synth.stats.last_loss
+
+    (fast, fast_loss), (slow, slow_loss) = run(True), run(False)
+    assert all(torch.equal(fast[k], slow[k]) for k in fast) and fast_loss == slow_loss
+    assert not regression.exact_for(Synthesizer(4, is_lstm=False, num_layers=1, hidden_layers=1).net, torch.device("cpu"))
+
+
+def test_the_last_loss_survives_a_cast_of_the_synthesizer():
+    """last_loss was stored in the synthesizer's dtype (float32 here); a later .double() must not change it."""
+    torch.manual_seed(0)
+    synth = Synthesizer(4, is_lstm=False, num_layers=1)
+    synth.target_ms.fill_(2.0)  # a unit of sqrt(2): the loss in gradient units is not a float32 number before rounding
+    synth.finish_update(synth.accumulate([torch.randn(3, 4)], [torch.randn(3, 4)]))
+    before = synth.stats.last_loss
+    synth.double()
+    assert synth.stats.last_loss == before
