@@ -1,6 +1,8 @@
 """What DNI costs on a GPU (issue 28, goal 5): ms per update and host-device synchronisations per
-update, TBPTT against DNI, through the seed API and the engine, alone and with four jobs sharing
-the GPU. Rows go to stdout; the whole run takes at most about 3 minutes.
+update, TBPTT against DNI (its defaults, which read the gate once per update, and
+``gate_check_every=0``, which never reads it: the same learning bit for bit, every chunk paying the
+prediction and the ``J^T g`` pass), through the seed API and the engine, alone and with four jobs
+sharing the GPU. Rows go to stdout; the whole run takes at most about 3 minutes.
 
 Seed API: a user's char-LM loop (Shakespeare characters, embedding 64, nn.LSTM 1024, batch 128,
 T=5, Adam 1e-3, clip 1, state carried across windows, ``synth.step()`` every window). Its update
@@ -35,11 +37,14 @@ from dni_dist import Synthesizer  # noqa: E402
 from dni_dist import targets as tg  # noqa: E402
 from dni_dist.post import Post  # noqa: E402
 
-FULL = dict(hidden=1024, emb=64, batch=128, T=5, measure=200, shared_s=40.0,
+FULL = dict(hidden=1024, emb=64, batch=128, T=5, measure=200, shared_s=30.0,
             engine=dict(hidden=1024, truncation=16, chunks=8, batch=64, steps=30))
 SMOKE = dict(hidden=32, emb=8, batch=4, T=5, measure=20, shared_s=3.0,
              engine=dict(hidden=16, truncation=4, chunks=4, batch=4, steps=4))
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+# the rows: TBPTT; DNI with its defaults (the gate read once per update); DNI never reading the gate (the same
+# learning bit for bit, every chunk pays the prediction and the J^T g pass)
+MODES = {"tbptt": {}, "dni": {}, "dni_noread": {"gate_check_every": 0}}
 
 
 @contextlib.contextmanager
@@ -89,7 +94,7 @@ def seed_loop(mode: str, device: str, p: dict, seconds: float | None = None) -> 
     rnn, head = nn.LSTM(p["emb"], H, batch_first=True).to(device), nn.Linear(H, corpus.vocab).to(device)
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
-    synth = Synthesizer() if mode == "dni" else None
+    synth = Synthesizer(**MODES[mode]) if mode != "tbptt" else None
     warm = 20 + (synth.gate_warmup if synth else 0)
     total = warm + p["measure"] if seconds is None else 10 ** 9
     x = corpus.streams("train", B).to(device)
@@ -134,7 +139,8 @@ def engine_run(mode: str, device: str, p: dict) -> dict:
     from dni_dist.fit import resolve_spec
     from dni_dist.runners import debug
     e = p["engine"]
-    cfg = Config(mode=mode, device=device, workers=1, task="recall", progress=False, delay=3, **e)
+    cfg = Config(mode="tbptt" if mode == "tbptt" else "dni", device=device, workers=1, task="recall", progress=False,
+                 delay=3, synth_options=json.dumps(MODES.get(mode, {})), **e)
     with counting_syncs(device) as syncs:
         t0 = time.perf_counter()
         _, m = debug.run(cfg, resolve_spec(cfg))
@@ -162,7 +168,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks every row runs")
     ap.add_argument("--jobs", type=int, default=4, help="processes sharing the GPU in the shared rows")
-    ap.add_argument("--job", choices=("tbptt", "dni"), help=argparse.SUPPRESS)
+    ap.add_argument("--job", choices=tuple(MODES), help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -180,18 +186,18 @@ def main() -> int:
     print(f"# gpu_cost.py on {name}, torch {torch.__version__}; {what} per update", flush=True)
     print("row | mode | ms/update | syncs/update | notes (posts that waited: reads of a post, dni_dist/post.py, "
           "that found the device behind)", flush=True)
-    for mode in ("tbptt", "dni"):
+    for mode in MODES:
         r = seed_loop(mode, device, p)
         gate = "" if r["gate"] is None else f"gate {r['gate']:.3f}"
         print(f"seed API alone (LSTM {p['hidden']}, B {p['batch']}, T {p['T']}) | {mode} | {r['ms_per_update']:.2f} | "
               f"{r['syncs_per_update']:.2f} | {gate}", flush=True)
-    for mode in ("tbptt", "dni"):
+    for mode in MODES:
         r = engine_run(mode, device, p)
         e = p["engine"]
         print(f"engine K=1 (LSTM {e['hidden']}, B {e['batch']}, T {e['truncation']}) | {mode} | "
               f"{r['ms_per_update']:.2f} | {r['syncs_per_update']:.2f} | {r['tokens_per_s']:,.0f} tokens/s "
               f"(whole run, warm-up included), posts that waited {r['waits_per_update']:.2f}/update", flush=True)
-    for mode in ("tbptt", "dni"):
+    for mode in MODES:
         r = shared(mode, device, args.smoke, args.jobs, p["shared_s"])
         per = 1000 * r["seconds"] / max(r["updates"], 1)
         print(f"seed API, {args.jobs} jobs sharing the device | {mode} | {per:.2f} (wall per update, all jobs) | - | "

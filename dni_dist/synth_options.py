@@ -46,7 +46,10 @@ class SynthOptions:
             on the device). 1 (default): read every chunk (the gate's math before issue 28, bit for bit;
             round 14: the scheduled read m=16 solved delayed recall on fewer held-out seeds, 4 of 6 vs 5 of 6;
             round 15: a read that never waits, of the gate posted a chunk earlier, 3 of 6: not kept).
-            m=16 makes a GPU update free of host syncs.
+            m=16 makes a GPU update free of host syncs. 0: never read it; predict, inject and take the
+            ``J^T g`` pass at every chunk, scaled by the gate on the device (zero while it is shut):
+            the same learning as 1, bit for bit, with no host read, at the open gate's cost always
+            (for a GPU, where a sync can cost more than the pass; needs ``shut_train_every=1``).
         shut_train_every: k >= 1. While the gate reads shut after its warm-up, regress on one cut
             in k (the rest are not trained): the gate reopens on evidence from fewer targets, and a
             shut gate costs little more than TBPTT. 1 (default): every cut, as before. One-step
@@ -95,7 +98,7 @@ class SynthOptions:
         number("gate_decay", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
         number("gate_tolerance", lambda v: v >= 1.0, "a finite number >= 1")
         count("gate_warmup", 0, "an int >= 0 (updates)")
-        count("gate_check_every", 1, "an int >= 1 (injections between two reads of the gate)")
+        count("gate_check_every", 0, "an int >= 0 (chunks between two reads of the gate; 0: never read)")
         count("shut_train_every", 1, "an int >= 1 (cuts per trained cut while the gate is shut)")
         number("lookahead_weight", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
         count("train_every", 1, "an int >= 1 (train on one cut in m)")

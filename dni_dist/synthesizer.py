@@ -58,6 +58,10 @@ class Synthesizer(SeedAPI, nn.Module):
         if opts.shut_train_every > 1 and lookahead == 2:
             raise ValueError(f"Synthesizer(shut_train_every={opts.shut_train_every}, lookahead=2): a two-step target "
                              "needs the next cut's one-step target; use shut_train_every=1 with lookahead=2")
+        if opts.gate_check_every == 0 and opts.shut_train_every > 1:
+            raise ValueError(f"Synthesizer(gate_check_every=0, shut_train_every={opts.shut_train_every}): training "
+                             "fewer cuts while the gate is shut needs the host to read the gate; use "
+                             "gate_check_every >= 1, or shut_train_every=1")
         if opts.train_every > 1 and lookahead == 2:
             raise ValueError(f"Synthesizer(train_every={opts.train_every}, lookahead=2): a two-step target needs the "
                              "next cut's one-step target, so every cut must be trained; use train_every=1 with "
@@ -241,7 +245,8 @@ class Synthesizer(SeedAPI, nn.Module):
         one of them resumes them all exactly. (Round 15: taking it from a post made a tick earlier,
         which never waits for a GPU, solved fewer held-out seeds; not kept.)"""
         clock = self._clock_now()
-        if self.gate and clock[0] % self.gate_check_every == 0:  # the scheduled read
+        m = self.gate_check_every
+        if self.gate and m and clock[0] % m == 0:  # the scheduled read (m == 0: never)
             clock[1], clock[2] = (int(v) for v in torch.stack([self._scale() > 0, self._warmed()]).tolist())
         clock[0] += 1
 
@@ -251,8 +256,9 @@ class Synthesizer(SeedAPI, nn.Module):
 
     def gate_open(self) -> bool:
         """The host's view of the gate (no read): False while the last scheduled read found it shut,
-        and then an injection is skipped (nothing predicted, nothing injected, no ``J^T g`` pass)."""
-        if not self.gate:
+        and then an injection is skipped (nothing predicted, nothing injected, no ``J^T g`` pass).
+        ``gate_check_every=0``: always open to the host (the device's gate scales what is injected)."""
+        if not self.gate or self.gate_check_every == 0:
             return self.factor > 0
         return bool(self._clock_now()[1])
 
