@@ -74,7 +74,7 @@ def test_options_object_equals_keywords_and_misspellings_name_the_valid_ones():
         with pytest.raises(ValueError, match="unknown option"):
             Synthesizer(**{gone: 1})
     with pytest.raises(ValueError, match="gate_check_every"):
-        SynthOptions(gate_check_every=0)
+        SynthOptions(gate_check_every=-1)
     assert "SynthOptions" in dni_dist.__all__
 
 
