@@ -151,3 +151,18 @@ def check_everyday(size, is_lstm, num_layers, lr, factor, discount, lookahead, g
                          "(two chunks of true gradient per target)")
     if not isinstance(gate, bool):
         raise ValueError(f"Synthesizer(gate={gate!r}): expected True or False")
+
+
+def check_together(opts: SynthOptions, lookahead: int) -> None:
+    """Options that cannot be combined: a clear error naming both."""
+    if opts.shut_train_every > 1 and lookahead == 2:
+        raise ValueError(f"Synthesizer(shut_train_every={opts.shut_train_every}, lookahead=2): a two-step target "
+                         "needs the next cut's one-step target; use shut_train_every=1 with lookahead=2")
+    if opts.gate_check_every == 0 and opts.shut_train_every > 1:
+        raise ValueError(f"Synthesizer(gate_check_every=0, shut_train_every={opts.shut_train_every}): training "
+                         "fewer cuts while the gate is shut needs the host to read the gate; use "
+                         "gate_check_every >= 1, or shut_train_every=1")
+    if opts.train_every > 1 and lookahead == 2:
+        raise ValueError(f"Synthesizer(train_every={opts.train_every}, lookahead=2): a two-step target needs the "
+                         "next cut's one-step target, so every cut must be trained; use train_every=1 with "
+                         "lookahead=2")

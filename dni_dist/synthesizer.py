@@ -25,7 +25,7 @@ from . import optim, regression
 from . import targets as tg
 from .seed_api import SeedAPI
 from .state_form import check_form, infer_form
-from .synth_options import OPTION_NAMES, SynthOptions, check_everyday, merge_options
+from .synth_options import OPTION_NAMES, SynthOptions, check_everyday, check_together, merge_options
 from .synth_stats import NONFINITE_PREDICTIONS, NONFINITE_TARGETS, SKIPPED_UPDATES, UPDATES, SynthStats
 from .targets import State
 
@@ -55,17 +55,7 @@ class Synthesizer(SeedAPI, nn.Module):
         super().__init__()
         opts = merge_options(options, more)
         check_everyday(size, is_lstm, num_layers, lr, factor, discount, lookahead, gate)
-        if opts.shut_train_every > 1 and lookahead == 2:
-            raise ValueError(f"Synthesizer(shut_train_every={opts.shut_train_every}, lookahead=2): a two-step target "
-                             "needs the next cut's one-step target; use shut_train_every=1 with lookahead=2")
-        if opts.gate_check_every == 0 and opts.shut_train_every > 1:
-            raise ValueError(f"Synthesizer(gate_check_every=0, shut_train_every={opts.shut_train_every}): training "
-                             "fewer cuts while the gate is shut needs the host to read the gate; use "
-                             "gate_check_every >= 1, or shut_train_every=1")
-        if opts.train_every > 1 and lookahead == 2:
-            raise ValueError(f"Synthesizer(train_every={opts.train_every}, lookahead=2): a two-step target needs the "
-                             "next cut's one-step target, so every cut must be trained; use train_every=1 with "
-                             "lookahead=2")
+        check_together(opts, lookahead)
         self.options = opts
         for name in OPTION_NAMES:  # plain attributes, read by the engine and the benchmarks
             setattr(self, "optimizer_cls" if name == "optimizer" else name, getattr(opts, name))
