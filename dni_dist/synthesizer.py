@@ -10,7 +10,8 @@ Everything an update computes stays on the state's device: the gate, the running
 non-finite guards and the statistics are tensors, so a step on a GPU never waits for the GPU to
 finish (no host-device synchronisation). Two reads remain, both bounded: the gate is read once
 every ``gate_check_every`` injections (to skip the prediction and the ``J^T g`` pass while it is
-shut), and ``synth.stats`` is read when someone asks for it.
+shut; never with 0, which pays for them at every chunk instead), and ``synth.stats`` is read when
+someone asks for it.
 
 References:
     Jaderberg et al. 2017, "Decoupled Neural Interfaces using Synthetic Gradients", arXiv 1608.05343.
